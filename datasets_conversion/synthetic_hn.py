@@ -1,0 +1,133 @@
+"""A small synthetic head-and-neck-like CT dataset in nnU-Net raw format, with the ambiguity prompts are for.
+
+Each case is a neck-like cross-section extruded along z: air around a soft-tissue body, a vertebra
+(bone) posteriorly, an airway anteriorly, and **two look-alike lesions**, one in the left and one in the
+right neck, drawn from the same size and intensity distributions. Only one of them is the target
+(the one "the clinician picked"), chosen at random per case; the label map holds only that one. An
+image-only model therefore has to guess the side; a prompt (box, click) or the clinical text
+("Left-sided tumour ...") resolves it.
+
+Geometry is deliberately not trivial: anisotropic spacing (2 x 2 x 3 mm by default) and a non-zero
+origin. Laterality follows the patient: in LPS world coordinates the patient's left is +x, and with
+the identity direction used here that is increasing voxel x.
+
+Writes imagesTr/labelsTr (training) and imagesTs/labelsTs (held-out), dataset.json, and the clinical
+text sidecar (nnunet_prompt.clinical_text).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_prompt.clinical_text import write_sidecar
+from nnunet_prompt.io_utils import atomic_path
+
+LESION_HU = 90.0
+TISSUE_HU = 40.0
+
+
+def _ellipsoid(shape_zyx, center_zyx_mm, radii_mm, spacing_zyx):
+    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape_zyx, spacing_zyx)], indexing="ij")
+    d = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center_zyx_mm, radii_mm))
+    return d <= 1.0
+
+
+def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0, 2.0, 3.0),
+              origin=(-64.0, -80.0, 200.0), num_lesions: int = 2) -> Tuple[sitk.Image, sitk.Image, dict]:
+    shape = tuple(shape_xyz[::-1])  # numpy order z, y, x
+    sp = tuple(spacing_xyz[::-1])
+    ext = np.asarray(shape) * np.asarray(sp)  # mm, z y x
+    img = np.full(shape, -1000.0, dtype=np.float32)
+
+    cy, cx = ext[1] / 2 + rng.uniform(-4, 4), ext[2] / 2 + rng.uniform(-4, 4)
+    body = _ellipsoid(shape, (ext[0] / 2, cy, cx), (1e6, ext[1] * rng.uniform(0.36, 0.42),
+                                                      ext[2] * rng.uniform(0.40, 0.45)), sp)
+    img[body] = TISSUE_HU
+    spine = _ellipsoid(shape, (ext[0] / 2, cy + ext[1] * 0.2, cx), (1e6, 9, 9), sp)
+    img[spine] = 700.0
+    airway = _ellipsoid(shape, (ext[0] / 2, cy - ext[1] * 0.12, cx), (1e6, 6, 7), sp)
+    img[airway] = -900.0
+
+    sides = ["right", "left"] if num_lesions == 2 else [["right", "left"][i % 2] for i in range(num_lesions)]
+    lesions = []
+    for i, side in enumerate(sides):
+        # patient right = -x (LPS), i.e. small voxel x with the identity direction
+        sign = -1 if side == "right" else 1
+        c = (rng.uniform(0.3, 0.7) * ext[0], cy + rng.uniform(-8, 6), cx + sign * rng.uniform(0.2, 0.27) * ext[2])
+        r = rng.uniform(6.0, 9.0)
+        radii = (r * rng.uniform(1.0, 1.4), r * rng.uniform(0.85, 1.15), r * rng.uniform(0.85, 1.15))
+        m = _ellipsoid(shape, c, radii, sp) & body & ~spine & ~airway
+        lesions.append((side, m))
+        img[m] = LESION_HU
+    img += rng.normal(0, 12.0, size=img.shape).astype(np.float32)
+
+    target_idx = int(rng.integers(len(lesions)))
+    side, target = lesions[target_idx]
+    seg = target.astype(np.uint8)
+    t_stage = f"T{int(rng.integers(1, 4))}"
+    n_stage = "N0"
+    fields = {"laterality": side, "T": t_stage, "N": n_stage, "M": "M0"}
+    text = f"{side.capitalize()}-sided tumour, c{t_stage}{n_stage}M0."
+
+    def to_sitk(a):
+        im = sitk.GetImageFromArray(a)
+        im.SetSpacing(tuple(float(s) for s in spacing_xyz))
+        im.SetOrigin(tuple(float(o) for o in origin))
+        return im
+
+    return to_sitk(img), to_sitk(seg), {"text": text, "fields": fields}
+
+
+def generate_synthetic_hn_dataset(raw_root: str, dataset_id: int = 990, name: str = "SyntheticHN",
+                                  num_training: int = 20, num_test: int = 8, seed: int = 0,
+                                  shape_xyz: Sequence[int] = (64, 64, 32), spacing_xyz=(2.0, 2.0, 3.0),
+                                  num_lesions: int = 2, overwrite: bool = False) -> str:
+    """Write DatasetXXX_NAME into ``raw_root`` and return its path. The folder appears complete or not at all."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    if os.path.isdir(folder):
+        if not overwrite:
+            return folder
+        shutil.rmtree(folder)
+    texts: Dict[str, dict] = {}
+    with atomic_path(folder) as tmp:
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            os.makedirs(os.path.join(tmp, sub))
+        for i in range(num_training + num_test):
+            rng = np.random.default_rng([seed, i])
+            img, seg, text = make_case(rng, tuple(shape_xyz), tuple(spacing_xyz), num_lesions=num_lesions)
+            split = "Tr" if i < num_training else "Ts"
+            case = f"hn_{i:03d}"
+            sitk.WriteImage(img, os.path.join(tmp, f"images{split}", f"{case}_0000.nii.gz"))
+            sitk.WriteImage(seg, os.path.join(tmp, f"labels{split}", f"{case}.nii.gz"))
+            texts[case] = text
+        generate_dataset_json(tmp, {0: "CT"}, {"background": 0, "tumour": 1}, num_training, ".nii.gz",
+                              dataset_name=f"Dataset{dataset_id:03d}_{name}",
+                              description="nnunet-prompt synthetic head-and-neck phantom: two look-alike lesions, "
+                                          "one is the target", license="CC0")
+        write_sidecar(tmp, texts)
+    return folder
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(description="Generate the synthetic head-and-neck-like CT dataset (nnU-Net raw format).")
+    p.add_argument("raw_root", help="nnUNet_raw folder to write DatasetXXX_NAME into")
+    p.add_argument("--dataset-id", type=int, default=990)
+    p.add_argument("--name", default="SyntheticHN")
+    p.add_argument("--num-training", type=int, default=20)
+    p.add_argument("--num-test", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    print(generate_synthetic_hn_dataset(a.raw_root, a.dataset_id, a.name, a.num_training, a.num_test, a.seed,
+                                        overwrite=a.overwrite))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The `nnunet-prompt` command."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+
+def _cmd_trainer_path(a) -> None:
+    from nnunet_prompt.nnunet_env import trainer_path
+    print(trainer_path())
+
+
+def _cmd_demo(a) -> None:
+    from nnunet_prompt.demo.run import run_demo
+    run_demo(a.workdir, a.num_training, a.num_test, a.device, a.np)
+
+
+def _find_planner(name: str):
+    import nnunetv2
+    import nnunet_prompt_planners
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    cls = recursive_find_python_class(os.path.join(nnunet_prompt_planners.__path__[0]), name, "nnunet_prompt_planners")
+    if cls is None:
+        cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "experiment_planning"), name,
+                                          "nnunetv2.experiment_planning")
+    if cls is None:
+        raise SystemExit(f"Unknown planner '{name}': not in nnunet-prompt's planners/ nor in nnunetv2.experiment_planning.")
+    return cls
+
+
+def _cmd_plan(a) -> None:
+    from nnunet_prompt.nnunet_env import dataset_name, require_folders
+    require_folders("nnUNet_raw", "nnUNet_preprocessed")
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
+                                                                      plan_experiment_dataset, preprocess_dataset)
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+    did = convert_dataset_name_to_id(dataset_name(a.dataset))
+    planner = _find_planner(a.pl)
+    fp = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name(a.dataset), "dataset_fingerprint.json")
+    if not os.path.isfile(fp):
+        extract_fingerprint_dataset(did, num_processes=a.npfp, check_dataset_integrity=True)
+    _, plans_identifier = plan_experiment_dataset(did, planner, overwrite_plans_name=a.overwrite_plans_name)
+    print(f"plans written: {plans_identifier}")
+    if not a.no_pp:
+        preprocess_dataset(did, plans_identifier, tuple(a.c), [a.np] * len(a.c))
+
+
+def _cmd_predict(a) -> None:
+    import torch
+    from nnunet_prompt.inference.predictor import PromptPredictor
+    from nnunet_prompt.nnunet_env import dataset_name, ensure_trainer_path_registered, require_folders
+    from nnunet_prompt.prompts.model import load_prompts_file
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    require_folders("nnUNet_results")
+    ensure_trainer_path_registered()
+    prompts = load_prompts_file(a.prompts)
+    model_folder = get_output_folder(dataset_name(a.d), a.tr, a.p, a.c)
+    predictor = PromptPredictor(tile_step_size=a.step_size, use_gaussian=True, use_mirroring=not a.disable_tta,
+                                perform_everything_on_device=True, device=torch.device(a.device), verbose=False,
+                                allow_tqdm=True)
+    predictor.initialize_from_trained_model_folder(model_folder, a.f, a.chk)
+    predictor.set_prompts(prompts, a.prompts, allow_missing=a.allow_missing_prompts)
+    predictor.predict_from_files(a.i, a.o, save_probabilities=a.save_probabilities, overwrite=not a.continue_prediction,
+                                 num_processes_preprocessing=a.npp, num_processes_segmentation_export=a.nps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnunet-prompt", description="Prompted segmentation on top of nnU-Net v2. "
+                                "Train with nnU-Net's own command after `export nnUNet_extTrainer=$(nnunet-prompt "
+                                "trainer-path)`: nnUNetv2_train DATASET 3d_fullres 0 -tr PromptTrainer")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("trainer-path", help="print the folder to put into nnUNet_extTrainer")
+    s.set_defaults(func=_cmd_trainer_path)
+
+    s = sub.add_parser("demo", help="plain nnU-Net vs PromptTrainer on generated synthetic data (CPU, ~10 min)")
+    s.add_argument("--workdir", default="demo_work", help="folder for data, models and results (default: demo_work)")
+    s.add_argument("--num-training", type=int, default=20)
+    s.add_argument("--num-test", type=int, default=8)
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("-np", type=int, default=2, help="processes for fingerprinting and preprocessing")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("plan", help="plan (and preprocess) a dataset with a planner of nnunet-prompt or nnU-Net")
+    s.add_argument("dataset", help="dataset id or name")
+    s.add_argument("-pl", default="NarrowUNetPlanner", help="planner class name (default: NarrowUNetPlanner)")
+    s.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations to preprocess")
+    s.add_argument("-np", type=int, default=2, help="preprocessing processes")
+    s.add_argument("-npfp", type=int, default=2, help="fingerprint processes")
+    s.add_argument("--overwrite_plans_name", default=None)
+    s.add_argument("--no_pp", action="store_true", help="plan only, do not preprocess")
+    s.set_defaults(func=_cmd_plan)
+
+    s = sub.add_parser("predict", help="predict with prompts (a prompts.json, see docs/prompts.md)")
+    s.add_argument("-i", required=True, help="input folder of images (nnU-Net naming, CASE_0000.nii.gz)")
+    s.add_argument("-o", required=True, help="output folder")
+    s.add_argument("-d", required=True, help="dataset id or name")
+    s.add_argument("-c", default="3d_fullres")
+    s.add_argument("-f", nargs="+", default=["0"], help="folds (or 'all')")
+    s.add_argument("-tr", default="PromptTrainer")
+    s.add_argument("-p", default="nnUNetPlans")
+    s.add_argument("-chk", default="checkpoint_final.pth")
+    s.add_argument("--prompts", required=True, help="JSON file: case id -> prompt(s)")
+    s.add_argument("--allow-missing-prompts", action="store_true",
+                   help="predict cases without a prompt entry as background instead of failing")
+    s.add_argument("-step_size", type=float, default=0.5)
+    s.add_argument("--disable_tta", action="store_true")
+    s.add_argument("--save_probabilities", action="store_true")
+    s.add_argument("--continue_prediction", action="store_true")
+    s.add_argument("-npp", type=int, default=1)
+    s.add_argument("-nps", type=int, default=1)
+    s.add_argument("-device", default="cuda", choices=["cuda", "cpu"])
+    s.set_defaults(func=_cmd_predict)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from nnunet_prompt.nnunet_env import NnUNetEnvironmentError
+    from nnunet_prompt.prompts.model import PromptError
+    args = build_parser().parse_args(argv)
+    if getattr(args, "f", None) is not None:
+        args.f = [i if i == "all" else int(i) for i in args.f]
+    try:
+        args.func(args)
+    except (PromptError, NnUNetEnvironmentError) as e:
+        print(f"nnunet-prompt: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

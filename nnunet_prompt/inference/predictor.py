@@ -1,0 +1,128 @@
+"""Prompted prediction as a subclass of nnU-Net's predictor.
+
+nnU-Net keeps doing the preprocessing, sliding-window inference, mirroring, fold ensembling and
+export. This class only appends prompt channels to each case's preprocessed image:
+
+* ``prepare_case_prompts`` validates a case's prompts against its image and maps them exactly onto the
+  preprocessed grid (``PreprocessedGrid``);
+* ``predict_prompted_logits`` runs one sliding-window pass per prompted label. Each pass gives a
+  binary (background, object) output; the object-vs-background logit difference of label L becomes
+  channel L of a multi-class logit map whose background channel is 0 and whose unprompted labels are
+  ``UNPROMPTED_LOGIT``. nnU-Net's own export then resamples that map and takes the argmax, so where
+  prompted objects overlap the more confident one wins.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+from nnunet_prompt.prompts.encoding import PromptEncoding, encode_preprocessed
+from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
+from nnunet_prompt.prompts.model import PromptError, PromptsByCase, foreground_labels
+
+UNPROMPTED_LOGIT = -100.0
+
+
+class PromptPredictor(nnUNetPredictor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompt_encoding: Optional[PromptEncoding] = None
+        self.case_prompts: PromptsByCase = {}
+        self.prompts_source: Optional[str] = None
+        self.allow_missing_prompts = False
+        self._current_case_channels: Optional[Dict[int, torch.Tensor]] = None
+
+    # -------------------------------------------------------------- set-up
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
+                                             checkpoint_name: str = 'checkpoint_final.pth'):
+        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        stored = PromptEncoding.load(model_training_output_dir)
+        expected = getattr(self._trainer_class(), "prompt_encoding", None)
+        if expected is None:
+            raise ValueError(f"Trainer '{self.trainer_name}' is not a prompt trainer of nnunet-prompt.")
+        expected.check_same(stored, f"model '{model_training_output_dir}'")
+        self.prompt_encoding = stored
+
+    def _trainer_class(self):
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        return recursive_find_trainer_class_by_name(self.trainer_name)
+
+    def set_prompts(self, prompts: PromptsByCase, source: Optional[str] = None, allow_missing: bool = False):
+        self.case_prompts = prompts
+        self.prompts_source = source
+        self.allow_missing_prompts = allow_missing
+
+    # ---------------------------------------------------------- per case
+    def prepare_case_prompts(self, case: str, preprocessed_shape, properties: dict) -> Dict[int, torch.Tensor]:
+        """Validate a case's prompts and encode them on its preprocessed grid: {label value: channels}."""
+        prompts = self.case_prompts.get(case)
+        if prompts is None:
+            if self.allow_missing_prompts:
+                return {}
+            raise PromptError(f"No prompt for case '{case}' in prompts file '{self.prompts_source}'. Add an entry "
+                              f"\"{case}\": {{...}} or allow cases without prompts (they are then predicted as "
+                              f"background).")
+        grid = PreprocessedGrid(properties, self.plans_manager.transpose_forward, preprocessed_shape)
+        geometry = ImageGeometry.from_nnunet_properties(properties, grid.raw_shape_zyx)
+        labels = foreground_labels(self.dataset_json)
+        out: Dict[int, torch.Tensor] = {}
+        for p in prompts:
+            label = p.resolve_label(labels, case, self.prompts_source)
+            if label in out:
+                raise PromptError(f"Case '{case}' has two prompts for label {label} in '{self.prompts_source}'; "
+                                  f"merge them into one prompt.")
+            vp = p.to_voxel(geometry, case, self.prompts_source)
+            mask = None
+            if vp.mask is not None:
+                mask = grid.mask_to_preprocessed(vp.mask, self.configuration_manager, properties["spacing"])
+            out[label] = encode_preprocessed(
+                grid.shape, self.configuration_manager.spacing, self.prompt_encoding,
+                positive=[grid.raw_to_preprocessed(x) for x in vp.positive_points],
+                negative=[grid.raw_to_preprocessed(x) for x in vp.negative_points],
+                boxes=[grid.box_to_preprocessed(b.min, b.max) for b in vp.boxes],
+                mask=mask)
+        return out
+
+    def predict_prompted_logits(self, data: torch.Tensor, channels_by_label: Dict[int, torch.Tensor]) -> torch.Tensor:
+        """data: (C_img, *spatial) preprocessed image -> (num_classes, *spatial) logits (see module doc)."""
+        num_heads = self.label_manager.num_segmentation_heads
+        out = torch.full((num_heads, *data.shape[1:]), UNPROMPTED_LOGIT, dtype=torch.float32)
+        out[0] = 0
+        for label, channels in channels_by_label.items():
+            x = torch.cat([data.float(), channels.to(torch.float32).cpu()], 0)
+            if self.list_of_parameters is None:  # manual_initialization: weights already in the network
+                logits = self.predict_sliding_window_return_logits(x).float().cpu()
+            else:
+                logits = super().predict_logits_from_preprocessed_data(x).float().cpu()
+            out[label] = logits[1] - logits[0]
+        return out
+
+    # ----------------------------------------------- hooks into nnU-Net's loop
+    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
+                                   num_processes_segmentation_export: int = 3):
+        def with_prompts(iterator):
+            for item in iterator:
+                if item['ofile'] is None:
+                    raise ValueError("Prompted prediction needs output file names: the case identifier selects the "
+                                     "prompts.")
+                case = os.path.basename(item['ofile'])
+                data = item['data']
+                shape = np.load(data, mmap_mode='r').shape if isinstance(data, str) else data.shape
+                self._current_case_channels = self.prepare_case_prompts(case, shape[1:], item['data_properties'])
+                yield item
+
+        try:
+            return super().predict_from_data_iterator(with_prompts(data_iterator), save_probabilities,
+                                                      num_processes_segmentation_export)
+        finally:
+            self._current_case_channels = None
+
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        if self._current_case_channels is None:
+            raise RuntimeError("PromptPredictor needs prompts: call it through predict_from_files after set_prompts().")
+        return self.predict_prompted_logits(data, self._current_case_channels)

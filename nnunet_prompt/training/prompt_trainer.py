@@ -1,0 +1,200 @@
+"""The prompt-channel trainer base: nnU-Net's planned U-Net with extra prompt input channels.
+
+Everything nnU-Net does stays nnU-Net's: planning, data loading, augmentation, the training loop,
+the loss, checkpoints. This class changes four things:
+
+* the network gets ``PromptEncoding.num_channels`` extra input channels and two outputs (background,
+  prompted object): a prompt addresses one target label at a time (``Prompt.label``);
+* ``train_step`` picks a target label per sample, simulates prompts from it on the training device
+  (interaction rounds, see ``SimulationPolicy``) and appends them to the image channels;
+* ``validation_step`` does the same with one round, so nnU-Net's pseudo Dice measures prompted Dice;
+* the final validation predicts every validation case with simulated prompts for each of its labels
+  and writes nnU-Net's usual ``validation/summary.json``.
+
+Iterative training (seed 001, and Sofiuk et al. 2022 cited there): a batch runs r rounds, r drawn
+uniformly from 1..num_rounds. Rounds 1..r-1 are forward passes without gradient whose predictions
+drive the simulated user's next click and come back as the mask prompt; round r is the ordinary
+nnU-Net training step. Round 1 never has a mask. Drawing r keeps first-round prompts (box only,
+clicks only) in training, so one model accepts either.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from torch import autocast
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_prompt.interaction.simulation import InteractionSimulator, SimulationPolicy
+from nnunet_prompt.prompts.encoding import PromptEncoding
+from nnunet_prompt.prompts.model import foreground_labels
+
+NUM_OUTPUTS = 2  # background, prompted object
+
+
+def _append_empty_prompts_hook(num_prompt_channels: int):
+    """Forward pre-hook: a network that receives only image channels (plain ``nnUNetv2_predict``) gets
+    empty prompt channels instead of crashing, with a warning that no prompt was given."""
+    state = {"warned": False}
+
+    def hook(module, args):
+        x = args[0]
+        expected = module.__dict__.get("_nnunet_prompt_in_channels")
+        if expected is not None and x.shape[1] == expected - num_prompt_channels:
+            if not state["warned"]:
+                print("nnunet-prompt WARNING: this prompt model received no prompt channels (was it called by plain "
+                      "nnUNetv2_predict?). It runs with empty prompts and will segment (almost) nothing. "
+                      "Use `nnunet-prompt predict --prompts prompts.json` to give prompts.")
+                state["warned"] = True
+            pad = torch.zeros((x.shape[0], num_prompt_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
+            return (torch.cat([x, pad], 1), *args[1:])
+        return None
+
+    return hook
+
+
+class PromptTrainerBase(nnUNetTrainer):
+    prompt_encoding: PromptEncoding = PromptEncoding()
+    simulation_policy: SimulationPolicy = SimulationPolicy()
+    # initial prompt the final validation simulates for each label of each validation case
+    validation_prompt_type: str = "box+clicks"
+    simulation_seed: int = 1234
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.target_labels: Dict[str, int] = foreground_labels(dataset_json)
+        self._simulator = None
+        self._timing = {"simulation_s": 0.0, "refinement_forward_s": 0.0, "steps": 0}
+
+    # ------------------------------------------------------------------ network
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        # num_output_channels (the dataset's classes) is replaced by NUM_OUTPUTS: one prompt, one object
+        in_channels = num_input_channels + cls.prompt_encoding.num_channels
+        network = get_network_from_plans(
+            configuration_manager.network_arch_class_name,
+            configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import,
+            in_channels, NUM_OUTPUTS, allow_init=True, deep_supervision=enable_deep_supervision)
+        network.__dict__["_nnunet_prompt_in_channels"] = in_channels
+        network.register_forward_pre_hook(_append_empty_prompts_hook(cls.prompt_encoding.num_channels))
+        return network
+
+    # ---------------------------------------------------------------- prompts
+    @property
+    def simulator(self) -> InteractionSimulator:
+        if self._simulator is None:
+            self._simulator = InteractionSimulator(self.prompt_encoding, self.configuration_manager.spacing,
+                                                   self.simulation_policy, seed=self.simulation_seed + self.fold,
+                                                   device=self.device)
+        return self._simulator
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.local_rank == 0:
+            # stored with the trained model, beside plans.json: inference refuses another layout
+            self.prompt_encoding.save(self.output_folder_base)
+
+    def select_targets(self, target: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Pick one label per sample (uniformly among the labels present in the patch) and turn every
+        deep-supervision target into 'that label vs rest', keeping nnU-Net's ignore label."""
+        full = target[0]
+        labels = torch.as_tensor(sorted(self.target_labels.values()), device=full.device)
+        chosen = torch.empty(full.shape[0], dtype=full.dtype, device=full.device)
+        gen = self.simulator.generator
+        for i in range(full.shape[0]):
+            present = labels[torch.isin(labels, torch.unique(full[i]).to(labels.dtype))]
+            pool = present if present.numel() else labels
+            k = int(torch.randint(pool.numel(), (1,), generator=gen, device=gen.device).item())
+            chosen[i] = pool[k]
+        ignore = self.label_manager.ignore_label
+        out = []
+        for t in target:
+            c = chosen.view(-1, *([1] * (t.ndim - 1)))
+            b = (t == c).to(t.dtype)
+            if ignore is not None:
+                b = torch.where(t == ignore, torch.full_like(t, ignore), b)
+            out.append(b)
+        return out
+
+    def _forward_prediction(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            out = self.network(x)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        return out.argmax(1).bool()
+
+    def _sync(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    def simulate_prompts(self, data: torch.Tensor, target: torch.Tensor, rounds: int) -> torch.Tensor:
+        """Prompt channels after ``rounds`` simulated interactions (rounds - 1 refinements)."""
+        self._sync()
+        t0 = time.perf_counter()
+        obj = target[:, 0] == 1
+        prompts = self.simulator.initial_prompts(obj)
+        forward_s = 0.0
+        for _ in range(rounds - 1):
+            self._sync()
+            f0 = time.perf_counter()
+            with torch.no_grad():
+                pred = self._forward_prediction(torch.cat([data, prompts], 1))
+            self._sync()
+            forward_s += time.perf_counter() - f0
+            prompts = self.simulator.refine(prompts, pred, obj)
+        self._sync()
+        self._timing["simulation_s"] += time.perf_counter() - t0 - forward_s
+        self._timing["refinement_forward_s"] += forward_s
+        return prompts
+
+    def _prompted_batch(self, batch: dict, rounds: int) -> dict:
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target']
+        as_list = isinstance(target, list)
+        target = [i.to(self.device, non_blocking=True) for i in (target if as_list else [target])]
+        target = self.select_targets(target)
+        prompts = self.simulate_prompts(data, target[0], rounds)
+        return dict(batch, data=torch.cat([data, prompts.to(data.dtype)], 1),
+                    target=target if as_list else target[0])
+
+    # -------------------------------------------------------------- nnU-Net hooks
+    def train_step(self, batch: dict) -> dict:
+        rounds = 1 + int(torch.randint(self.simulation_policy.num_rounds, (1,), generator=self.simulator.generator,
+                                       device=self.simulator.generator.device).item())
+        batch = self._prompted_batch(batch, rounds)
+        self._sync()
+        t0 = time.perf_counter()
+        out = super().train_step(batch)
+        self._sync()
+        self._timing["train_step_s"] = self._timing.get("train_step_s", 0.0) + time.perf_counter() - t0
+        self._timing["steps"] += 1
+        return out
+
+    def validation_step(self, batch: dict) -> dict:
+        return super().validation_step(self._prompted_batch(batch, rounds=1))
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        n = max(self._timing["steps"], 1)
+        self.print_to_log_file(
+            f"prompt simulation {1000 * self._timing['simulation_s'] / n:.1f} ms/step, refinement forward passes "
+            f"{1000 * self._timing['refinement_forward_s'] / n:.1f} ms/step, forward-backward "
+            f"{1000 * self._timing.get('train_step_s', 0.0) / n:.1f} ms/step")
+        self._timing = {"simulation_s": 0.0, "refinement_forward_s": 0.0, "steps": 0}
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        from nnunet_prompt.training.prompted_validation import run_prompted_validation
+        self.set_deep_supervision_enabled(False)
+        self.network.eval()
+        try:
+            run_prompted_validation(self, save_probabilities)
+        finally:
+            self.set_deep_supervision_enabled(True)

@@ -1,0 +1,82 @@
+"""nnU-Net's final validation, run with simulated prompts instead of none.
+
+nnU-Net's ``perform_actual_validation`` feeds the bare image to the network, which for a prompt model
+would measure nothing useful. This loop keeps nnU-Net's pieces (dataset class, split, sliding-window
+predictor, ``export_prediction_from_logits``, ``compute_metrics_on_folder`` and ``summary.json``) and
+adds, per validation case and per label present in its reference, a simulated initial prompt from
+that label (the trainer's ``validation_prompt_type``, seeded). Predictions are exported one case at a
+time; the cascade's next-stage export is not supported for prompt models.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
+
+from nnunet_prompt.interaction.simulation import InteractionSimulator
+from nnunet_prompt.io_utils import atomic_write_json
+
+
+def run_prompted_validation(trainer, save_probabilities: bool = False) -> None:
+    from nnunet_prompt.inference.predictor import PromptPredictor
+
+    predictor = PromptPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=True, device=trainer.device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, trainer.__class__.__name__,
+                                    trainer.inference_allowed_mirroring_axes)
+    predictor.prompt_encoding = trainer.prompt_encoding
+
+    types = trainer.simulation_policy.initial_types
+    prompt_type = trainer.validation_prompt_type if trainer.validation_prompt_type in types else types[0]
+    simulator = InteractionSimulator(trainer.prompt_encoding, trainer.configuration_manager.spacing,
+                                     trainer.simulation_policy, seed=trainer.simulation_seed, device=trainer.device)
+
+    out_folder = os.path.join(trainer.output_folder, 'validation')
+    os.makedirs(out_folder, exist_ok=True)
+    _, val_keys = trainer.do_split()
+    if trainer.is_ddp:
+        val_keys = val_keys[trainer.local_rank:: dist.get_world_size()]
+    dataset_val = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys,
+                                        folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+    prompts_used = {}
+    for k in dataset_val.identifiers:
+        data, seg, _, properties = dataset_val.load_case(k)
+        data = torch.from_numpy(np.asarray(data[:]))
+        seg = np.asarray(seg[:])[0]
+        channels = {}
+        for name, label in trainer.target_labels.items():
+            obj = torch.from_numpy(seg == label).to(trainer.device)
+            if bool(obj.any()):
+                channels[label] = simulator.initial_prompts(obj[None], [prompt_type])[0].cpu()
+        prompts_used[k] = {"labels": sorted(channels), "prompt": prompt_type}
+        trainer.print_to_log_file(f"predicting {k} with simulated '{prompt_type}' prompts for labels {sorted(channels)}")
+        with torch.no_grad():
+            logits = predictor.predict_prompted_logits(data, channels)
+        export_prediction_from_logits(logits.numpy(), properties, trainer.configuration_manager,
+                                      trainer.plans_manager, trainer.dataset_json, os.path.join(out_folder, k),
+                                      save_probabilities)
+    atomic_write_json(prompts_used, os.path.join(out_folder, f"simulated_prompts_rank{trainer.local_rank}.json"))
+
+    if trainer.is_ddp:
+        dist.barrier()
+    if trainer.local_rank == 0:
+        lm = trainer.label_manager
+        metrics = compute_metrics_on_folder(
+            os.path.join(trainer.preprocessed_dataset_folder_base, 'gt_segmentations'), out_folder,
+            os.path.join(out_folder, 'summary.json'), trainer.plans_manager.image_reader_writer_class(),
+            trainer.dataset_json["file_ending"], lm.foreground_labels, lm.ignore_label, chill=True,
+            num_processes=default_num_processes)
+        for label in metrics["mean"]:
+            trainer.logger.log_summary(f"final_val/class_{label}_dice", metrics["mean"][label]["Dice"])
+        trainer.logger.log_summary("final_val/foreground_dice", metrics['foreground_mean']["Dice"])
+        trainer.print_to_log_file("Validation (with simulated prompts) complete", also_print_to_console=True)
+        trainer.print_to_log_file("Mean Validation Dice: ", metrics['foreground_mean']["Dice"],
+                                  also_print_to_console=True)

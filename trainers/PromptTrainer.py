@@ -1,0 +1,21 @@
+"""PromptTrainer: prompts as extra input channels of nnU-Net's own planned U-Net (seed 002's box
+channel, with seed 001's iterative click training). Logic: nnunet_prompt.training.prompt_trainer.
+
+Short-schedule variants follow nnU-Net's naming (nnUNetTrainer_5epochs etc.).
+"""
+from nnunet_prompt.training.prompt_trainer import PromptTrainerBase
+from nnunet_prompt.training.schedules import DemoSchedule, epochs
+
+
+class PromptTrainer(PromptTrainerBase):
+    pass
+
+
+PromptTrainer_1epoch = epochs(PromptTrainer, 1, "PromptTrainer_1epoch")
+PromptTrainer_5epochs = epochs(PromptTrainer, 5, "PromptTrainer_5epochs")
+PromptTrainer_50epochs = epochs(PromptTrainer, 50, "PromptTrainer_50epochs")
+PromptTrainer_250epochs = epochs(PromptTrainer, 250, "PromptTrainer_250epochs")
+
+
+class PromptTrainer_demo(DemoSchedule, PromptTrainer):
+    """The CPU demo's schedule (see DemoSchedule)."""
