@@ -3,6 +3,7 @@ channel, with seed 001's iterative click training). Logic: nnunet_prompt.trainin
 
 Short-schedule variants follow nnU-Net's naming (nnUNetTrainer_5epochs etc.).
 """
+from nnunet_prompt.interaction.simulation import SimulationPolicy
 from nnunet_prompt.training.prompt_trainer import PromptTrainerBase
 from nnunet_prompt.training.schedules import DemoSchedule, epochs
 
@@ -18,4 +19,6 @@ PromptTrainer_250epochs = epochs(PromptTrainer, 250, "PromptTrainer_250epochs")
 
 
 class PromptTrainer_demo(DemoSchedule, PromptTrainer):
-    """The CPU demo's schedule (see DemoSchedule)."""
+    """The CPU demo's schedule (see DemoSchedule), with at most 2 interaction rounds per batch: on 2 CPU
+    cores every refinement round costs a forward pass plus the simulated user (~0.3 s)."""
+    simulation_policy = SimulationPolicy(num_rounds=2)

@@ -131,6 +131,8 @@ def run_demo(workdir: str = "demo_work", num_training: int = 20, num_test: int =
         os.environ[k] = d
     ensure_trainer_path_registered()
     os.environ.setdefault("nnUNet_compile", "0")
+    # nnU-Net starts 8 worker processes by default for export and evaluation; a small machine pays for that
+    os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(num_processes, os.cpu_count() or 1))))
     env = dict(os.environ)
     env.setdefault("nnUNet_n_proc_DA", "1" if device == "cpu" else "8")
     minutes = {}

@@ -60,16 +60,31 @@ def random_voxels(mask: torch.Tensor, n: int, generator: torch.Generator) -> tor
     return idx[pick].float()
 
 
-def label_components(masks: torch.Tensor, check_every: int = 4) -> torch.Tensor:
+def _max_pool_3x3x3(x: torch.Tensor) -> torch.Tensor:
+    # separable: three 1D max-pools equal one 3x3x3 max-pool and cost less
+    x = F.max_pool3d(x, (3, 1, 1), stride=1, padding=(1, 0, 0))
+    x = F.max_pool3d(x, (1, 3, 1), stride=1, padding=(0, 1, 0))
+    return F.max_pool3d(x, (1, 1, 3), stride=1, padding=(0, 0, 1))
+
+
+def label_components(masks: torch.Tensor, check_every: int = 2) -> torch.Tensor:
     """26-connected components of a batch of 3D boolean masks (N, X, Y, Z) -> int labels (0 = background),
-    unique across the batch. Labels are propagated with 3x3x3 max-pooling until they stop changing."""
+    unique across the batch.
+
+    Every voxel starts with its own flat index + 1 as label; labels spread by 3x3x3 max-pooling inside
+    the mask, and pointer jumping (a voxel takes the label of the voxel its label points to, which lies
+    in the same component and only ever holds a larger label) shortens long chains, so convergence
+    takes far fewer passes than the component's diameter."""
     n = masks.numel()
     ids = torch.arange(1, n + 1, device=masks.device, dtype=torch.float32 if n < 2 ** 24 else torch.float64)
     m = masks[:, None].to(ids.dtype)
     labels = ids.view(masks.shape)[:, None] * m
     it = 0
     while True:
-        new = F.max_pool3d(labels, 3, stride=1, padding=1) * m
+        new = _max_pool_3x3x3(labels) * m
+        flat = new.view(-1)
+        inside = flat > 0
+        flat[inside] = flat[flat[inside].long() - 1]  # pointer jumping
         it += 1
         if it % check_every == 0 and torch.equal(new, labels):
             return new[:, 0].long()
@@ -84,7 +99,7 @@ def boundary_depth(masks: torch.Tensor) -> torch.Tensor:
     while bool(m.any()):
         depth += m
         # erosion = min-pool; zero padding makes the patch border a boundary
-        m = -F.max_pool3d(-F.pad(m, (1, 1, 1, 1, 1, 1), value=0.0), 3, stride=1)
+        m = -_max_pool_3x3x3(-F.pad(m, (1, 1, 1, 1, 1, 1), value=0.0))[..., 1:-1, 1:-1, 1:-1]
     return depth[:, 0]
 
 
