@@ -62,6 +62,7 @@ def _cmd_predict(a) -> None:
                                 allow_tqdm=True)
     predictor.initialize_from_trained_model_folder(model_folder, a.f, a.chk)
     predictor.set_prompts(prompts, a.prompts, allow_missing=a.allow_missing_prompts)
+    predictor.check_prompts_for_images(a.i)
     predictor.predict_from_files(a.i, a.o, save_probabilities=a.save_probabilities, overwrite=not a.continue_prediction,
                                  num_processes_preprocessing=a.npp, num_processes_segmentation_export=a.nps)
 

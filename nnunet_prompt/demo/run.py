@@ -102,8 +102,11 @@ def plot_case(image_path: str, gt_path: str, base_path: str, prompt_path: str, p
     panels = [("image + prompt", None), ("ground truth", gt), ("nnU-Net baseline", base), ("PromptTrainer (box + click)", prom)]
     for ax, (title, mask) in zip(axes, panels):
         ax.imshow(np.clip(arr[z], -200, 300), cmap="gray", origin="upper")
-        if mask is not None:
+        if mask is not None and mask[z].any():
             ax.contour(mask[z], levels=[0.5], colors=["#ff3b30"], linewidths=1.6)
+        elif mask is not None:
+            ax.text(0.5, 0.04, "nothing segmented on this slice", color="white", ha="center",
+                    transform=ax.transAxes, fontsize=9)
         ax.add_patch(Rectangle((lo[0] - 0.5, lo[1] - 0.5), hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, fill=False,
                                edgecolor="#00c7ff", linewidth=1.2, linestyle="--"))
         ax.plot([click[0]], [click[1]], marker="+", color="#ffd60a", markersize=14, mew=2.5)

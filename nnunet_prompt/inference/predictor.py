@@ -57,6 +57,31 @@ class PromptPredictor(nnUNetPredictor):
         self.prompts_source = source
         self.allow_missing_prompts = allow_missing
 
+    def check_prompts_for_images(self, source_folder: str) -> None:
+        """Validate every case's prompts against its image header before anything is predicted, so a bad
+        prompt of the last case does not leave the first cases' outputs behind."""
+        from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+        labels = foreground_labels(self.dataset_json)
+        files = create_lists_from_splitted_dataset_folder(source_folder, self.dataset_json['file_ending'])
+        if not files:
+            raise PromptError(f"No images ending in {self.dataset_json['file_ending']} in '{source_folder}' (nnU-Net "
+                              f"naming: CASE_0000{self.dataset_json['file_ending']}).")
+        for case_files in files:
+            case = os.path.basename(case_files[0])[:-len(self.dataset_json['file_ending']) - 5]
+            prompts = self.case_prompts.get(case)
+            if prompts is None:
+                if self.allow_missing_prompts:
+                    continue
+                self._missing(case)
+            geometry = ImageGeometry.from_file(case_files[0])
+            for p in prompts:
+                p.resolve_label(labels, case, self.prompts_source)
+                p.to_voxel(geometry, case, self.prompts_source)
+
+    def _missing(self, case: str):
+        raise PromptError(f"No prompt for case '{case}' in prompts file '{self.prompts_source}'. Add an entry "
+                          f"\"{case}\": {{...}}, or pass --allow-missing-prompts to predict such cases as background.")
+
     # ---------------------------------------------------------- per case
     def prepare_case_prompts(self, case: str, preprocessed_shape, properties: dict) -> Dict[int, torch.Tensor]:
         """Validate a case's prompts and encode them on its preprocessed grid: {label value: channels}."""
@@ -64,9 +89,7 @@ class PromptPredictor(nnUNetPredictor):
         if prompts is None:
             if self.allow_missing_prompts:
                 return {}
-            raise PromptError(f"No prompt for case '{case}' in prompts file '{self.prompts_source}'. Add an entry "
-                              f"\"{case}\": {{...}} or allow cases without prompts (they are then predicted as "
-                              f"background).")
+            self._missing(case)
         grid = PreprocessedGrid(properties, self.plans_manager.transpose_forward, preprocessed_shape)
         geometry = ImageGeometry.from_nnunet_properties(properties, grid.raw_shape_zyx)
         labels = foreground_labels(self.dataset_json)
