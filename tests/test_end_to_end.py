@@ -94,7 +94,7 @@ def test_prompt_channels_change_the_prediction(trained):
     image = os.path.join(raw, "imagesTs", case + "_0000.nii.gz")
     predictor = PromptPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(trained["folder"], (0,), "checkpoint_final.pth")
-    data, _, props = predictor.plans_manager.preprocessor_class(verbose=False).run_case(
+    data, _, props = predictor.configuration_manager.preprocessor_class(verbose=False).run_case(
         [image], None, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json)
     data = torch.from_numpy(data)
     size = sitk.ReadImage(image).GetSize()
@@ -149,7 +149,7 @@ def test_bad_input_gives_one_clear_message_and_no_output(trained, tmp_path):
     proc = run(base + ["-o", str(tmp_path / "o4"), "--prompts", str(only_first)], env)
     assert proc.returncode == 2 and "nnUNet_results" in proc.stdout and "export nnUNet_results" in proc.stdout
 
-    proc = run(base[:6] + ["987"] + base[7:] + ["-o", str(tmp_path / "o5"), "--prompts", str(only_first)],
+    proc = run(base[:5] + ["987"] + base[6:] + ["-o", str(tmp_path / "o5"), "--prompts", str(only_first)],
                trained["env"])
     assert proc.returncode == 2 and "Unknown dataset '987'" in proc.stdout
 

@@ -40,17 +40,17 @@ class PromptPredictor(nnUNetPredictor):
     # -------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
                                              checkpoint_name: str = 'checkpoint_final.pth'):
+        from nnunet_prompt.nnunet_env import ensure_trainer_path_registered
+        ensure_trainer_path_registered()  # our trainers are found without the user exporting nnUNet_extTrainer
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
-        stored = PromptEncoding.load(model_training_output_dir)
-        expected = getattr(self._trainer_class(), "prompt_encoding", None)
-        if expected is None:
-            raise ValueError(f"Trainer '{self.trainer_name}' is not a prompt trainer of nnunet-prompt.")
-        expected.check_same(stored, f"model '{model_training_output_dir}'")
-        self.prompt_encoding = stored
-
-    def _trainer_class(self):
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-        return recursive_find_trainer_class_by_name(self.trainer_name)
+        # the layout the model was trained with, not whatever the trainer code says today
+        self.prompt_encoding = PromptEncoding.load(model_training_output_dir)
+        num_image_channels = len(self.dataset_json['channel_names'])
+        expected = self.network.__dict__.get("_nnunet_prompt_in_channels")
+        if expected != num_image_channels + self.prompt_encoding.num_channels:
+            raise ValueError(f"Model '{model_training_output_dir}' takes {expected} input channels, but its "
+                             f"{num_image_channels} image channel(s) and stored prompt layout "
+                             f"{list(self.prompt_encoding.channels)} make {num_image_channels + self.prompt_encoding.num_channels}.")
 
     def set_prompts(self, prompts: PromptsByCase, source: Optional[str] = None, allow_missing: bool = False):
         self.case_prompts = prompts
