@@ -37,7 +37,8 @@ def _ellipsoid(shape_zyx, center_zyx_mm, radii_mm, spacing_zyx):
 
 
 def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0, 2.0, 3.0),
-              origin=(-64.0, -80.0, 200.0), num_lesions: int = 2) -> Tuple[sitk.Image, sitk.Image, dict]:
+              origin=(-64.0, -80.0, 200.0), num_lesions: int = 2,
+              label_lookalikes: bool = False) -> Tuple[sitk.Image, sitk.Image, dict]:
     shape = tuple(shape_xyz[::-1])  # numpy order z, y, x
     sp = tuple(spacing_xyz[::-1])
     ext = np.asarray(shape) * np.asarray(sp)  # mm, z y x
@@ -68,6 +69,10 @@ def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0
     target_idx = int(rng.integers(len(lesions)))
     side, target = lesions[target_idx]
     seg = target.astype(np.uint8)
+    if label_lookalikes:  # multi-class variant: the other lesions become label 2
+        for i, (_, m) in enumerate(lesions):
+            if i != target_idx:
+                seg[m] = 2
     t_stage = f"T{int(rng.integers(1, 4))}"
     n_stage = "N0"
     fields = {"laterality": side, "T": t_stage, "N": n_stage, "M": "M0"}
@@ -85,8 +90,11 @@ def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0
 def generate_synthetic_hn_dataset(raw_root: str, dataset_id: int = 990, name: str = "SyntheticHN",
                                   num_training: int = 20, num_test: int = 8, seed: int = 0,
                                   shape_xyz: Sequence[int] = (64, 64, 32), spacing_xyz=(2.0, 2.0, 3.0),
-                                  num_lesions: int = 2, overwrite: bool = False) -> str:
-    """Write DatasetXXX_NAME into ``raw_root`` and return its path. The folder appears complete or not at all."""
+                                  num_lesions: int = 2, overwrite: bool = False, label_lookalikes: bool = False) -> str:
+    """Write DatasetXXX_NAME into ``raw_root`` and return its path. The folder appears complete or not at all.
+
+    ``label_lookalikes`` gives a two-label variant (1 = tumour, 2 = the look-alike lesion(s)) for
+    multi-class experiments; by default only the target is labelled."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
@@ -100,13 +108,15 @@ def generate_synthetic_hn_dataset(raw_root: str, dataset_id: int = 990, name: st
             os.makedirs(os.path.join(tmp, sub))
         for i in range(num_training + num_test):
             rng = np.random.default_rng([seed, i])
-            img, seg, text = make_case(rng, tuple(shape_xyz), tuple(spacing_xyz), num_lesions=num_lesions)
+            img, seg, text = make_case(rng, tuple(shape_xyz), tuple(spacing_xyz), num_lesions=num_lesions,
+                                       label_lookalikes=label_lookalikes)
             split = "Tr" if i < num_training else "Ts"
             case = f"hn_{i:03d}"
             sitk.WriteImage(img, os.path.join(tmp, f"images{split}", f"{case}_0000.nii.gz"))
             sitk.WriteImage(seg, os.path.join(tmp, f"labels{split}", f"{case}.nii.gz"))
             texts[case] = text
-        generate_dataset_json(tmp, {0: "CT"}, {"background": 0, "tumour": 1}, num_training, ".nii.gz",
+        labels = {"background": 0, "tumour": 1, **({"lookalike": 2} if label_lookalikes else {})}
+        generate_dataset_json(tmp, {0: "CT"}, labels, num_training, ".nii.gz",
                               dataset_name=f"Dataset{dataset_id:03d}_{name}",
                               description="nnunet-prompt synthetic head-and-neck phantom: two look-alike lesions, "
                                           "one is the target", license="CC0")

@@ -37,6 +37,21 @@ def run(cmd, env, timeout=900):
     return proc
 
 
+def make_tiny_dataset(env, dataset_id, name, **generator_kwargs) -> str:
+    """Generate a tiny phantom dataset, then nnU-Net's fingerprint, NarrowUNetPlanner plans and 3d_fullres
+    preprocessing through nnU-Net's own API (the nnU-Net folder variables must point at env's folders)."""
+    from nnunet_prompt_datasets.synthetic_hn import generate_synthetic_hn_dataset
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
+                                                                      plan_experiment_dataset, preprocess_dataset)
+    from nnunet_prompt_planners.narrow_planner import NarrowUNetPlanner
+    raw = generate_synthetic_hn_dataset(env["nnUNet_raw"], dataset_id, name, num_training=6, num_test=2,
+                                        shape_xyz=(40, 40, 16), **generator_kwargs)
+    extract_fingerprint_dataset(dataset_id, num_processes=1, check_dataset_integrity=True, show_progress_bar=False)
+    plan_experiment_dataset(dataset_id, NarrowUNetPlanner)
+    preprocess_dataset(dataset_id, PLANS, (CONFIG,), [1], show_progress_bar=False)
+    return raw
+
+
 @pytest.fixture(scope="session")
 def planned_dataset(tmp_path_factory):
     """Dataset991: 6 training + 2 held-out tiny phantoms; fingerprint, NarrowUNetPlanner plans and 3d_fullres
@@ -47,15 +62,7 @@ def planned_dataset(tmp_path_factory):
         os.makedirs(env[k], exist_ok=True)
     old = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_def_n_proc")}
     os.environ.update({k: env[k] for k in old})
-    from nnunet_prompt_datasets.synthetic_hn import generate_synthetic_hn_dataset
-    raw = generate_synthetic_hn_dataset(env["nnUNet_raw"], DATASET_ID, "TinyHN", num_training=6, num_test=2,
-                                        shape_xyz=(40, 40, 16))
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
-                                                                      plan_experiment_dataset, preprocess_dataset)
-    from nnunet_prompt_planners.narrow_planner import NarrowUNetPlanner
-    extract_fingerprint_dataset(DATASET_ID, num_processes=1, check_dataset_integrity=True, show_progress_bar=False)
-    plan_experiment_dataset(DATASET_ID, NarrowUNetPlanner)
-    preprocess_dataset(DATASET_ID, PLANS, (CONFIG,), [1], show_progress_bar=False)
+    raw = make_tiny_dataset(env, DATASET_ID, "TinyHN")
     yield {"root": root, "env": env, "raw": raw, "id": DATASET_ID, "name": os.path.basename(raw)}
     for k, v in old.items():
         if v is None:

@@ -14,12 +14,14 @@ export. This class only appends prompt channels to each case's preprocessed imag
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from nnunet_prompt.prompts.encoding import PromptEncoding, encode_preprocessed
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
@@ -111,6 +113,17 @@ class PromptPredictor(nnUNetPredictor):
                 mask=mask)
         return out
 
+    @contextmanager
+    def _object_output(self):
+        """nnU-Net's sliding window sizes its output from ``label_manager``; while one prompted object is
+        predicted, the network has two outputs (background, object), whatever the dataset's classes."""
+        dataset_labels = self.label_manager
+        self.label_manager = LabelManager({"background": 0, "object": 1}, None)
+        try:
+            yield
+        finally:
+            self.label_manager = dataset_labels
+
     def predict_prompted_logits(self, data: torch.Tensor, channels_by_label: Dict[int, torch.Tensor]) -> torch.Tensor:
         """data: (C_img, *spatial) preprocessed image -> (num_classes, *spatial) logits (see module doc)."""
         num_heads = self.label_manager.num_segmentation_heads
@@ -118,10 +131,11 @@ class PromptPredictor(nnUNetPredictor):
         out[0] = 0
         for label, channels in channels_by_label.items():
             x = torch.cat([data.float(), channels.to(torch.float32).cpu()], 0)
-            if self.list_of_parameters is None:  # manual_initialization: weights already in the network
-                logits = self.predict_sliding_window_return_logits(x).float().cpu()
-            else:
-                logits = super().predict_logits_from_preprocessed_data(x).float().cpu()
+            with self._object_output():
+                if self.list_of_parameters is None:  # manual_initialization: weights already in the network
+                    logits = self.predict_sliding_window_return_logits(x).float().cpu()
+                else:
+                    logits = super().predict_logits_from_preprocessed_data(x).float().cpu()
             out[label] = logits[1] - logits[0]
         return out
 
