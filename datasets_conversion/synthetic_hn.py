@@ -59,7 +59,7 @@ def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0
         # patient right = -x (LPS), i.e. small voxel x with the identity direction
         sign = -1 if side == "right" else 1
         c = (rng.uniform(0.3, 0.7) * ext[0], cy + rng.uniform(-8, 6), cx + sign * rng.uniform(0.2, 0.27) * ext[2])
-        r = rng.uniform(6.0, 9.0)
+        r = rng.uniform(8.0, 12.0)
         radii = (r * rng.uniform(1.0, 1.4), r * rng.uniform(0.85, 1.15), r * rng.uniform(0.85, 1.15))
         m = _ellipsoid(shape, c, radii, sp) & body & ~spine & ~airway
         lesions.append((side, m))

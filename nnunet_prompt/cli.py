@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="plain nnU-Net vs PromptTrainer on generated synthetic data (CPU, ~10 min)")
     s.add_argument("--workdir", default="demo_work", help="folder for data, models and results (default: demo_work)")
     s.add_argument("--num-training", type=int, default=20)
-    s.add_argument("--num-test", type=int, default=8)
+    s.add_argument("--num-test", type=int, default=12)
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("-np", type=int, default=2, help="processes for fingerprinting and preprocessing")
     s.set_defaults(func=_cmd_demo)

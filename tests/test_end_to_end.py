@@ -63,8 +63,8 @@ def test_resume_with_c(trained):
 
 
 def _prompts_for(raw, cases):
-    from nnunet_prompt.demo.run import user_prompts_from_label
-    return {c: user_prompts_from_label(os.path.join(raw, "labelsTs", c + ".nii.gz")) for c in cases}
+    from nnunet_prompt.interaction.user_prompts import prompt_from_label
+    return {c: prompt_from_label(os.path.join(raw, "labelsTs", c + ".nii.gz")) for c in cases}
 
 
 def test_prompted_prediction_from_a_json_file(trained, tmp_path):
@@ -155,8 +155,8 @@ def test_bad_input_gives_one_clear_message_and_no_output(trained, tmp_path):
 
 
 def test_a_label_without_foreground_cannot_become_a_prompt(tmp_path):
-    from nnunet_prompt.demo.run import user_prompts_from_label
+    from nnunet_prompt.interaction.user_prompts import prompt_from_label
     img = sitk.Image(8, 8, 8, sitk.sitkUInt8)
     sitk.WriteImage(img, str(tmp_path / "empty.nii.gz"))
     with pytest.raises(ValueError, match="empty.nii.gz' has no foreground"):
-        user_prompts_from_label(str(tmp_path / "empty.nii.gz"))
+        prompt_from_label(str(tmp_path / "empty.nii.gz"))

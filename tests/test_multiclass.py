@@ -25,18 +25,14 @@ def test_two_labels_train_validate_and_predict(planned_dataset, tmp_path):
     summary = json.load(open(os.path.join(val, "summary.json")))
     assert set(summary["mean"]) == {"1", "2"}
 
-    from nnunet_prompt.demo.run import user_prompts_from_label
+    from nnunet_prompt.interaction.user_prompts import prompt_from_label
     from nnunet_prompt.inference.predictor import UNPROMPTED_LOGIT, PromptPredictor
     from nnunet_prompt.prompts.model import Prompt
     case = sorted(f[:-7] for f in os.listdir(os.path.join(raw, "labelsTs")))[0]
     image = os.path.join(raw, "imagesTs", case + "_0000.nii.gz")
-    label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(raw, "labelsTs", case + ".nii.gz")))
-    prompts = []
-    for value, name_ in ((1, "tumour"), (2, "lookalike")):
-        m = sitk.GetImageFromArray((label == value).astype(np.uint8))
-        m.CopyInformation(sitk.ReadImage(image))
-        sitk.WriteImage(m, str(tmp_path / f"l{value}.nii.gz"))
-        prompts.append(dict(user_prompts_from_label(str(tmp_path / f"l{value}.nii.gz")), label=name_))
+    label_file = os.path.join(raw, "labelsTs", case + ".nii.gz")
+    prompts = [dict(prompt_from_label(label_file, label=value), label=name_)
+               for value, name_ in ((1, "tumour"), (2, "lookalike"))]
 
     predictor = PromptPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(folder, (0,), "checkpoint_final.pth")

@@ -5,15 +5,15 @@ import torch
 
 
 class DemoSchedule:
-    """Short schedule for the 2-core CPU demo: ``NNUNET_PROMPT_DEMO_EPOCHS`` epochs (default 6) of
-    ``NNUNET_PROMPT_DEMO_ITERS`` iterations (default 50) and 4 validation iterations per epoch.
+    """Short schedule for the 2-core CPU demo: ``NNUNET_PROMPT_DEMO_EPOCHS`` epochs (default 10) of
+    ``NNUNET_PROMPT_DEMO_ITERS`` iterations (default 60) and 4 validation iterations per epoch.
     Mix in front of a trainer class; the baseline and the prompt trainer share it."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = int(os.environ.get("NNUNET_PROMPT_DEMO_EPOCHS", 6))
-        self.num_iterations_per_epoch = int(os.environ.get("NNUNET_PROMPT_DEMO_ITERS", 50))
+        self.num_epochs = int(os.environ.get("NNUNET_PROMPT_DEMO_EPOCHS", 10))
+        self.num_iterations_per_epoch = int(os.environ.get("NNUNET_PROMPT_DEMO_ITERS", 60))
         self.num_val_iterations_per_epoch = 4
 
 
