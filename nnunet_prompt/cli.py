@@ -67,6 +67,17 @@ def _cmd_predict(a) -> None:
                                  num_processes_preprocessing=a.npp, num_processes_segmentation_export=a.nps)
 
 
+def _cmd_evaluate(a) -> None:
+    import json
+    from nnunet_prompt.evaluation.evaluate_folder import evaluate_folders, print_summary
+    with open(a.djfile) as f:
+        dataset_json = json.load(f)
+    out = a.o or os.path.join(a.pred_folder, "metrics.json")
+    summary = evaluate_folders(a.gt_folder, a.pred_folder, dataset_json, a.nsd_tolerance, out)
+    print_summary(summary)
+    print(f"\nwritten: {out} and {os.path.splitext(out)[0] + '.csv'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet-prompt", description="Prompted segmentation on top of nnU-Net v2. "
                                 "Train with nnU-Net's own command after `export nnUNet_extTrainer=$(nnunet-prompt "
@@ -94,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no_pp", action="store_true", help="plan only, do not preprocess")
     s.set_defaults(func=_cmd_plan)
 
+    s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD and NSD of a prediction folder against references")
+    s.add_argument("gt_folder")
+    s.add_argument("pred_folder")
+    s.add_argument("-djfile", required=True, help="dataset.json (labels and file ending)")
+    s.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    s.add_argument("-o", default=None, help="output JSON (default PRED_FOLDER/metrics.json); a CSV is written beside it")
+    s.set_defaults(func=_cmd_evaluate)
+
     s = sub.add_parser("predict", help="predict with prompts (a prompts.json, see docs/prompts.md)")
     s.add_argument("-i", required=True, help="input folder of images (nnU-Net naming, CASE_0000.nii.gz)")
     s.add_argument("-o", required=True, help="output folder")
@@ -118,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from nnunet_prompt.evaluation.evaluate_folder import EvaluationError
     from nnunet_prompt.nnunet_env import NnUNetEnvironmentError
     from nnunet_prompt.prompts.model import PromptError
     args = build_parser().parse_args(argv)
@@ -125,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args.f = [i if i == "all" else int(i) for i in args.f]
     try:
         args.func(args)
-    except (PromptError, NnUNetEnvironmentError) as e:
+    except (PromptError, NnUNetEnvironmentError, EvaluationError) as e:
         print(f"nnunet-prompt: error: {e}", file=sys.stderr)
         raise SystemExit(2)
 
