@@ -8,6 +8,7 @@ import pytest
 DATASET_ID = 991
 CONFIG = "3d_fullres"
 PLANS = "nnUNetPlansNarrow"
+TRAINER = "PromptTrainer_demo"
 
 
 def nnunet_env(root) -> dict:
@@ -69,3 +70,15 @@ def planned_dataset(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def trained(planned_dataset):
+    """PromptTrainer_demo trained for 1 epoch of 3 iterations with `nnUNetv2_train` on the tiny dataset."""
+    env = dict(planned_dataset["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="3")
+    cmd = [console_script("nnUNetv2_train"), str(planned_dataset["id"]), CONFIG, "0", "-tr", TRAINER, "-p", PLANS,
+           "-device", "cpu"]
+    proc = run(cmd, env)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
+    return {"folder": folder, "env": env, "log": proc.stdout, "cmd": cmd, **planned_dataset}

@@ -9,20 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import CONFIG, PLANS, console_script, run
-
-TRAINER = "PromptTrainer_demo"
-
-
-@pytest.fixture(scope="module")
-def trained(planned_dataset):
-    env = dict(planned_dataset["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="3")
-    cmd = [console_script("nnUNetv2_train"), str(planned_dataset["id"]), CONFIG, "0", "-tr", TRAINER, "-p", PLANS,
-           "-device", "cpu"]
-    proc = run(cmd, env)
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
-    return {"folder": folder, "env": env, "log": proc.stdout, "cmd": cmd, **planned_dataset}
+from conftest import CONFIG, PLANS, TRAINER, console_script, run
 
 
 def test_training_through_nnunets_cli(trained):

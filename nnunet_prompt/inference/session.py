@@ -1,0 +1,221 @@
+"""An interactive segmentation session around a trained prompt model (in the spirit of nnInteractive's).
+
+    session = InteractiveSession(model_folder, fold=0, device="cuda")
+    session.set_image("case_0000.nii.gz")            # or an array (z, y, x) with spacing
+    session.add_point((x, y, z), positive=True)       # voxel (x, y, z) or coordinates="mm"
+    session.add_box((x0, y0, z0), (x1, y1, z1))
+    session.undo(); session.reset()
+    mask = session.mask                               # numpy (z, y, x) on the input image's grid
+
+* The image is preprocessed once per ``set_image`` (nnU-Net's own preprocessor of the model's plans).
+* Each interaction runs the network only on a patch-sized region centred on it (nnU-Net's sliding window
+  on that region). While the predicted object touches a side of the region that is not the image
+  border, the region grows by half a patch on that side and is predicted again (``max_growth`` times at
+  most). The region's result replaces the previous result there; the rest of the volume is kept.
+* One session segments one object; the previous result is fed back as the mask prompt.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from nnunet_prompt.inference.predictor import PromptPredictor
+from nnunet_prompt.prompts.encoding import encode_preprocessed
+from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
+from nnunet_prompt.prompts.model import Prompt
+
+BACKGROUND_LOGIT = -10.0
+Region = Tuple[Tuple[int, ...], Tuple[int, ...]]  # inclusive-exclusive (lo, hi) per axis
+
+
+def region_around(center: Sequence[float], patch: Sequence[int], shape: Sequence[int]) -> Region:
+    lo, hi = [], []
+    for c, p, s in zip(center, patch, shape):
+        p = min(int(p), int(s))
+        start = int(np.clip(round(c) - p // 2, 0, s - p))
+        lo.append(start)
+        hi.append(start + p)
+    return tuple(lo), tuple(hi)
+
+
+def grown_region(region: Region, object_in_region: np.ndarray, patch: Sequence[int], shape: Sequence[int]) -> Optional[Region]:
+    """The region enlarged by half a patch on every side where the object touches the region's border
+    (sides on the image border excepted), or None if no side needs to grow."""
+    lo, hi = list(region[0]), list(region[1])
+    grew = False
+    for a in range(3):
+        first = np.take(object_in_region, 0, axis=a)
+        last = np.take(object_in_region, -1, axis=a)
+        if lo[a] > 0 and first.any():
+            lo[a] = max(0, lo[a] - int(patch[a]) // 2)
+            grew = True
+        if hi[a] < shape[a] and last.any():
+            hi[a] = min(int(shape[a]), hi[a] + int(patch[a]) // 2)
+            grew = True
+    return (tuple(lo), tuple(hi)) if grew else None
+
+
+@dataclass
+class _Prompts:
+    positive: List[np.ndarray] = field(default_factory=list)   # preprocessed coordinates
+    negative: List[np.ndarray] = field(default_factory=list)
+    boxes: List[Tuple[Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+
+    def copy(self) -> "_Prompts":
+        return _Prompts(list(self.positive), list(self.negative), list(self.boxes))
+
+
+class InteractiveSession:
+    def __init__(self, model_folder: str, fold: Union[int, str] = 0, device: Union[str, torch.device] = "cpu",
+                 checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, max_growth: int = 3):
+        self.predictor = PromptPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
+                                         perform_everything_on_device=True, device=torch.device(device),
+                                         verbose=False, allow_tqdm=False)
+        self.predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint_name)
+        self.predictor.network.load_state_dict(self.predictor.list_of_parameters[0])
+        self.predictor.network.eval()
+        self.patch = [int(p) for p in self.predictor.configuration_manager.patch_size]
+        self.max_growth = max_growth
+        self.num_preprocessing_runs = 0
+        self.last_latency_ms: Optional[float] = None
+        self.last_region: Optional[Region] = None
+        self._data = None
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, image: Union[str, np.ndarray], spacing: Optional[Sequence[float]] = None,
+                  origin: Sequence[float] = (0.0, 0.0, 0.0), direction: Sequence[float] = tuple(np.eye(3).ravel())):
+        """A file path (read with the model's nnU-Net reader), or an array in SimpleITK order (z, y, x) or
+        (channels, z, y, x) with ``spacing`` (x, y, z) in mm and optional origin and direction."""
+        pm, cm = self.predictor.plans_manager, self.predictor.configuration_manager
+        if isinstance(image, str):
+            data, props = pm.image_reader_writer_class().read_images([image])
+        else:
+            if spacing is None:
+                raise ValueError("set_image with an array needs spacing=(x, y, z) in mm.")
+            data = np.asarray(image, dtype=np.float32)
+            data = data[None] if data.ndim == 3 else data
+            props = {"spacing": [float(s) for s in spacing[::-1]],
+                     "sitk_stuff": {"spacing": tuple(float(s) for s in spacing), "origin": tuple(map(float, origin)),
+                                    "direction": tuple(map(float, direction))}}
+        n_channels = len(self.predictor.dataset_json["channel_names"])
+        if data.shape[0] != n_channels:
+            raise ValueError(f"The model expects {n_channels} image channel(s), the image has {data.shape[0]}.")
+        pre, _, props = cm.preprocessor_class(verbose=False).run_case_npy(
+            data.astype(np.float32), None, props, pm, cm, self.predictor.dataset_json)
+        self.num_preprocessing_runs += 1
+        self._props = props
+        self._data = torch.from_numpy(np.ascontiguousarray(pre)).float()
+        self._grid = PreprocessedGrid(props, pm.transpose_forward, pre.shape[1:])
+        self._geometry = ImageGeometry.from_nnunet_properties(props, self._grid.raw_shape_zyx)
+        self.reset()
+
+    def _require_image(self):
+        if self._data is None:
+            raise RuntimeError("Call set_image() first.")
+
+    # ---------------------------------------------------------- interactions
+    def reset(self):
+        self._require_image()
+        self._prompts = _Prompts()
+        self._logits = torch.full(self._grid.shape, BACKGROUND_LOGIT)
+        self._history: List[tuple] = []
+
+    def add_point(self, point: Sequence[float], positive: bool = True, coordinates: str = "voxel") -> np.ndarray:
+        key = "positive_points" if positive else "negative_points"
+        vp = self._to_voxel({key: [list(point)], "coordinates": coordinates})
+        p = self._grid.raw_to_preprocessed(vp.positive_points[0] if positive else vp.negative_points[0])
+        prompts = self._prompts.copy()
+        (prompts.positive if positive else prompts.negative).append(p)
+        return self._interact(prompts, center=p)
+
+    def add_box(self, lo: Sequence[float], hi: Sequence[float], coordinates: str = "voxel") -> np.ndarray:
+        vp = self._to_voxel({"boxes": [{"min": list(lo), "max": list(hi)}], "coordinates": coordinates})
+        b = self._grid.box_to_preprocessed(vp.boxes[0].min, vp.boxes[0].max)
+        prompts = self._prompts.copy()
+        prompts.boxes.append(b)
+        return self._interact(prompts, center=(np.asarray(b[0]) + np.asarray(b[1])) / 2)
+
+    def add_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A mask prompt (z, y, x) on the image grid: it becomes the previous result, then the region around
+        its centre is predicted with it."""
+        self._require_image()
+        mask = np.asarray(mask, bool)
+        if mask.shape != tuple(self._grid.raw_shape_zyx):
+            raise ValueError(f"Mask shape {mask.shape} differs from the image's {tuple(self._grid.raw_shape_zyx)} (z, y, x).")
+        if not mask.any():
+            raise ValueError("The mask prompt is empty.")
+        pre = self._grid.mask_to_preprocessed(mask, self.predictor.configuration_manager, self._props["spacing"])
+        if not pre.any():
+            raise ValueError("The mask prompt vanishes on the model's grid (smaller than one preprocessed voxel).")
+        before = (self._prompts, ((0, 0, 0), self._grid.shape), self._logits.clone())
+        self._logits = torch.where(torch.from_numpy(pre), -BACKGROUND_LOGIT, BACKGROUND_LOGIT).float()
+        out = self._interact(self._prompts.copy(), center=np.argwhere(pre).mean(0))
+        self._history[-1] = before  # undo restores the whole volume as it was before the mask
+        return out
+
+    def undo(self) -> np.ndarray:
+        if not self._history:
+            raise IndexError("Nothing to undo.")
+        prompts, (lo, hi), old = self._history.pop()
+        self._prompts = prompts
+        self._logits[tuple(slice(a, b) for a, b in zip(lo, hi))] = old
+        return self.mask
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The current object mask on the input image's grid, numpy (z, y, x) uint8."""
+        self._require_image()
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        from nnunetv2.utilities.label_handling.label_handling import LabelManager
+        logits = torch.stack([torch.zeros_like(self._logits), self._logits]).numpy()
+        seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.predictor.plans_manager, self.predictor.configuration_manager,
+            LabelManager({"background": 0, "object": 1}, None), self._props, return_probabilities=False)
+        return np.asarray(seg, dtype=np.uint8)
+
+    # -------------------------------------------------------------- internals
+    def _to_voxel(self, d: dict):
+        self._require_image()
+        return Prompt.from_dict(d).to_voxel(self._geometry)
+
+    def _region_channels(self, prompts: _Prompts, region: Region) -> torch.Tensor:
+        lo, hi = np.asarray(region[0]), np.asarray(region[1])
+        shape = tuple(int(v) for v in hi - lo)
+        boxes = []
+        for blo, bhi in prompts.boxes:
+            a, b = np.maximum(np.asarray(blo) - lo, 0), np.minimum(np.asarray(bhi) - lo, np.asarray(shape) - 1)
+            if np.all(a <= b):
+                boxes.append((tuple(a), tuple(b)))
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        return encode_preprocessed(shape, self.predictor.configuration_manager.spacing, self.predictor.prompt_encoding,
+                                   positive=[p - lo for p in prompts.positive], negative=[p - lo for p in prompts.negative],
+                                   boxes=boxes, mask=(self._logits[sl] > 0).numpy())
+
+    def _predict_region(self, prompts: _Prompts, region: Region) -> torch.Tensor:
+        sl = tuple(slice(a, b) for a, b in zip(*region))
+        x = torch.cat([self._data[(slice(None), *sl)], self._region_channels(prompts, region)], 0)
+        with torch.no_grad(), self.predictor._object_output():
+            logits = self.predictor.predict_sliding_window_return_logits(x).float().cpu()
+        return logits[1] - logits[0]
+
+    def _interact(self, prompts: _Prompts, center) -> np.ndarray:
+        t0 = time.perf_counter()
+        shape = self._grid.shape
+        region = region_around(center, self.patch, shape)
+        for _ in range(self.max_growth + 1):
+            diff = self._predict_region(prompts, region)
+            bigger = grown_region(region, (diff > 0).numpy(), self.patch, shape)
+            if bigger is None:
+                break
+            region = bigger
+        sl = tuple(slice(a, b) for a, b in zip(*region))
+        self._history.append((self._prompts, region, self._logits[sl].clone()))
+        self._prompts = prompts
+        self._logits[sl] = diff
+        self.last_region = region
+        self.last_latency_ms = 1000 * (time.perf_counter() - t0)
+        return self.mask
