@@ -60,7 +60,8 @@ def _cmd_predict(a) -> None:
     predictor = PromptPredictor(tile_step_size=a.step_size, use_gaussian=True, use_mirroring=not a.disable_tta,
                                 perform_everything_on_device=True, device=torch.device(a.device), verbose=False,
                                 allow_tqdm=True)
-    predictor.initialize_from_trained_model_folder(model_folder, a.f, a.chk)
+    folds = [f if f == "all" else int(f) for f in a.f]
+    predictor.initialize_from_trained_model_folder(model_folder, folds, a.chk)
     predictor.set_prompts(prompts, a.prompts, allow_missing=a.allow_missing_prompts)
     predictor.check_prompts_for_images(a.i)
     predictor.predict_from_files(a.i, a.o, save_probabilities=a.save_probabilities, overwrite=not a.continue_prediction,
@@ -76,6 +77,22 @@ def _cmd_evaluate(a) -> None:
     summary = evaluate_folders(a.gt_folder, a.pred_folder, dataset_json, a.nsd_tolerance, out)
     print_summary(summary)
     print(f"\nwritten: {out} and {os.path.splitext(out)[0] + '.csv'}")
+
+
+def _cmd_interactive_eval(a) -> None:
+    from nnunet_prompt.evaluation.interactive_eval import interactive_eval
+    from nnunet_prompt.nnunet_env import dataset_name, ensure_trainer_path_registered, require_folders
+    require_folders()
+    ensure_trainer_path_registered()
+    name = dataset_name(a.d)
+    out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"interactive_eval_{a.c}_fold{a.f}")
+    summary = interactive_eval(name, a.c, a.f, a.tr, a.p, sorted(set(a.clicks)), out, a.device, a.nsd_tolerance,
+                               a.seed, a.test_set)
+    for trainer, by_start in summary.items():
+        for start, by_n in by_start.items():
+            print(f"{trainer:<28}{start + ' start':<14}" + "  ".join(f"N={n}: Dice {v['Dice']:.3f} NSD {v['NSD']:.3f}"
+                                                                  for n, v in by_n.items()))
+    print(f"written: {out}/interactive_eval.csv, .json, .png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", default=None, help="output JSON (default PRED_FOLDER/metrics.json); a CSV is written beside it")
     s.set_defaults(func=_cmd_evaluate)
 
+    s = sub.add_parser("interactive-eval", help="N-click protocol through the interactive session (seed 001)")
+    s.add_argument("-d", required=True, help="dataset id or name")
+    s.add_argument("-c", default="3d_fullres")
+    s.add_argument("-f", type=int, default=0, help="fold: its validation cases are evaluated")
+    s.add_argument("-tr", nargs="+", default=["PromptTrainer"], help="one or more prompt trainers")
+    s.add_argument("-p", default="nnUNetPlans")
+    s.add_argument("--clicks", type=int, nargs="+", default=[1, 3, 5, 7, 9])
+    s.add_argument("--nsd-tolerance", type=float, default=2.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--test-set", action="store_true", help="use imagesTs/labelsTs instead of the fold's validation cases")
+    s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/interactive_eval_CONFIG_foldF)")
+    s.add_argument("-device", default="cuda", choices=["cuda", "cpu"])
+    s.set_defaults(func=_cmd_interactive_eval)
+
     s = sub.add_parser("predict", help="predict with prompts (a prompts.json, see docs/prompts.md)")
     s.add_argument("-i", required=True, help="input folder of images (nnU-Net naming, CASE_0000.nii.gz)")
     s.add_argument("-o", required=True, help="output folder")
@@ -141,8 +172,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from nnunet_prompt.nnunet_env import NnUNetEnvironmentError
     from nnunet_prompt.prompts.model import PromptError
     args = build_parser().parse_args(argv)
-    if getattr(args, "f", None) is not None:
-        args.f = [i if i == "all" else int(i) for i in args.f]
     try:
         args.func(args)
     except (PromptError, NnUNetEnvironmentError, EvaluationError) as e:

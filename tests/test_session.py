@@ -75,3 +75,43 @@ def test_session_array_input_matches_file_input(trained, session_case):
     np.testing.assert_array_equal(b.undo(), before)
     with pytest.raises(ValueError, match="image channel"):
         b.set_image(np.zeros((2, 4, 4, 4), np.float32), spacing=(1, 1, 1))
+
+
+def test_n_click_protocol_command(trained, tmp_path):
+    import json
+    from conftest import CONFIG, PLANS, TRAINER, console_script, run
+    out = tmp_path / "ncl"
+    proc = run([console_script("nnunet-prompt"), "interactive-eval", "-d", str(trained["id"]), "-c", CONFIG, "-f", "0",
+                "-tr", TRAINER, "-p", PLANS, "--clicks", "1", "3", "--test-set", "-o", str(out), "-device", "cpu"],
+               trained["env"])
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    summary = json.load(open(out / "interactive_eval.json"))
+    assert set(summary["mean"][TRAINER]) == {"clicks", "box"}
+    assert set(summary["mean"][TRAINER]["clicks"]) == {"1", "3"}
+    rows = (out / "interactive_eval.csv").read_text().splitlines()
+    assert rows[0] == "trainer,case,label,start,n,Dice,NSD,latency_ms" and len(rows) == 1 + 2 * 2 * 2
+    assert (out / "interactive_eval.png").stat().st_size > 1000
+
+
+def test_refinement_clicks_follow_the_error(trained, session_case):
+    """The protocol's later clicks are placed in the current error, with the right sign."""
+    from nnunet_prompt.evaluation.interactive_eval import run_protocol
+    image, label = session_case
+    s = InteractiveSession(trained["folder"], device="cpu")
+    s.set_image(image)
+    placed = []
+    original = s.add_point
+
+    def spy(point, positive=True, coordinates="voxel"):
+        before = s.mask if s._history else np.zeros_like(label)
+        x, y, z = point
+        placed.append((positive, bool(label[z, y, x] > 0), bool(before[z, y, x] > 0)))
+        return original(point, positive, coordinates)
+
+    s.add_point = spy
+    rows = run_protocol(s, label, 1, "clicks", [1, 2, 3], sitk.ReadImage(image).GetSpacing()[::-1], 2.0, seed=3)
+    assert [r["n"] for r in rows] == [1, 2, 3]
+    assert placed[0][0] and placed[0][1], "the first click is a positive click in the target"
+    for positive, in_target, predicted in placed[1:]:
+        # a positive click lands on a missed target voxel, a negative one on a false positive
+        assert (positive and in_target and not predicted) or (not positive and predicted and not in_target)

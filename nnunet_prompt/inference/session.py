@@ -86,13 +86,13 @@ class InteractiveSession:
         self._data = None
 
     # ------------------------------------------------------------------ image
-    def set_image(self, image: Union[str, np.ndarray], spacing: Optional[Sequence[float]] = None,
+    def set_image(self, image: Union[str, Sequence[str], np.ndarray], spacing: Optional[Sequence[float]] = None,
                   origin: Sequence[float] = (0.0, 0.0, 0.0), direction: Sequence[float] = tuple(np.eye(3).ravel())):
-        """A file path (read with the model's nnU-Net reader), or an array in SimpleITK order (z, y, x) or
+        """A file path or a list of channel files (read with the model's nnU-Net reader), or an array in SimpleITK order (z, y, x) or
         (channels, z, y, x) with ``spacing`` (x, y, z) in mm and optional origin and direction."""
         pm, cm = self.predictor.plans_manager, self.predictor.configuration_manager
-        if isinstance(image, str):
-            data, props = pm.image_reader_writer_class().read_images([image])
+        if isinstance(image, str) or (isinstance(image, (list, tuple)) and image and isinstance(image[0], str)):
+            data, props = pm.image_reader_writer_class().read_images([image] if isinstance(image, str) else list(image))
         else:
             if spacing is None:
                 raise ValueError("set_image with an array needs spacing=(x, y, z) in mm.")
