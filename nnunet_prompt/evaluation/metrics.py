@@ -56,13 +56,22 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], 
         diagonal = float(np.linalg.norm(np.asarray(pred.shape) * np.asarray(spacing, float)))
         out.update({"HD95": diagonal, "ASSD": diagonal, "NSD": 0.0})
         return out
+    import warnings
     import torch
-    from monai.metrics import (compute_average_surface_distance, compute_hausdorff_distance,
-                               compute_surface_dice)
     # MONAI takes one-hot (batch, class, *spatial); one foreground class here
     p = torch.from_numpy(np.stack([~pred, pred])[None].astype(np.float32))
     r = torch.from_numpy(np.stack([~ref, ref])[None].astype(np.float32))
     sp = [float(s) for s in spacing]
+    with warnings.catch_warnings():
+        # MONAI 1.5+ warns about one of its own internal arguments (always_return_as_numpy)
+        warnings.simplefilter("ignore", FutureWarning)
+        out.update(_monai_surface_metrics(p, r, sp, nsd_tolerance_mm))
+    return out
+
+
+def _monai_surface_metrics(p, r, sp, nsd_tolerance_mm) -> Dict[str, float]:
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
+    out = {}
     out["HD95"] = float(compute_hausdorff_distance(p, r, include_background=False, percentile=95, directed=False,
                                                    spacing=sp)[0, 0])
     out["ASSD"] = float(compute_average_surface_distance(p, r, include_background=False, symmetric=True,
