@@ -95,6 +95,18 @@ def _cmd_interactive_eval(a) -> None:
     print(f"written: {out}/interactive_eval.csv, .json, .png")
 
 
+def _cmd_compare(a) -> None:
+    from nnunet_prompt.evaluation.compare import compare
+    from nnunet_prompt.nnunet_env import dataset_name, ensure_trainer_path_registered, require_folders
+    require_folders()
+    ensure_trainer_path_registered()
+    name = dataset_name(a.d)
+    out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"compare_{a.c}")
+    compare(name, a.c, a.baseline, a.trainers, a.p, a.f, out, a.nsd_tolerance)
+    print(open(os.path.join(out, "report.md")).read())
+    print(f"written: {out}/report.md, compare.json, compare_boxplots.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet-prompt", description="Prompted segmentation on top of nnU-Net v2. "
                                 "Train with nnU-Net's own command after `export nnUNet_extTrainer=$(nnunet-prompt "
@@ -143,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/interactive_eval_CONFIG_foldF)")
     s.add_argument("-device", default="cuda", choices=["cuda", "cpu"])
     s.set_defaults(func=_cmd_interactive_eval)
+
+    s = sub.add_parser("compare", help="metrics + paired Wilcoxon tests of trainers against an nnU-Net baseline")
+    s.add_argument("-d", required=True, help="dataset id or name")
+    s.add_argument("-c", default="3d_fullres")
+    s.add_argument("--baseline", default="nnUNetTrainer")
+    s.add_argument("--trainers", nargs="+", default=["PromptTrainer"])
+    s.add_argument("-p", default="nnUNetPlans", help="plans shared by all compared models")
+    s.add_argument("-f", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="folds (their validation predictions)")
+    s.add_argument("--nsd-tolerance", type=float, default=2.0)
+    s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/compare_CONFIG)")
+    s.set_defaults(func=_cmd_compare)
 
     s = sub.add_parser("predict", help="predict with prompts (a prompts.json, see docs/prompts.md)")
     s.add_argument("-i", required=True, help="input folder of images (nnU-Net naming, CASE_0000.nii.gz)")
