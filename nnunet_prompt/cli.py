@@ -197,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (PromptError, NnUNetEnvironmentError, EvaluationError) as e:
+    except (PromptError, NnUNetEnvironmentError, EvaluationError, FileNotFoundError) as e:
         print(f"nnunet-prompt: error: {e}", file=sys.stderr)
         raise SystemExit(2)
 

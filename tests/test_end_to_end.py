@@ -136,6 +136,22 @@ def test_bad_input_gives_one_clear_message_and_no_output(trained, tmp_path):
     proc = run(base + ["-o", str(tmp_path / "o4"), "--prompts", str(only_first)], env)
     assert proc.returncode == 2 and "nnUNet_results" in proc.stdout and "export nnUNet_results" in proc.stdout
 
+    proc = run(base[:base.index("-f") + 1] + ["3"] + base[base.index("-f") + 2:] + ["-o", str(tmp_path / "o6"),
+               "--prompts", str(only_first)], trained["env"])
+    assert proc.returncode == 2 and "has no fold_3/checkpoint_final.pth" in proc.stdout and "fold_0" in proc.stdout
+
+    two_channels = tmp_path / "two_channels"
+    two_channels.mkdir()
+    for c in cases:
+        for ch in ("0000", "0001"):
+            os.symlink(os.path.join(raw, "imagesTs", c + "_0000.nii.gz"), two_channels / f"{c}_{ch}.nii.gz")
+    all_prompts = tmp_path / "all.json"
+    all_prompts.write_text(json.dumps(prompts))
+    proc = run(base[:3] + [str(two_channels)] + base[4:] + ["-o", str(tmp_path / "o7"), "--prompts", str(all_prompts)],
+               trained["env"])
+    assert proc.returncode == 2 and "2 channel file(s), the model expects 1" in proc.stdout
+    assert not (tmp_path / "o7").exists()
+
     proc = run(base[:5] + ["987"] + base[6:] + ["-o", str(tmp_path / "o5"), "--prompts", str(only_first)],
                trained["env"])
     assert proc.returncode == 2 and "Unknown dataset '987'" in proc.stdout

@@ -44,6 +44,13 @@ class PromptPredictor(nnUNetPredictor):
                                              checkpoint_name: str = 'checkpoint_final.pth'):
         from nnunet_prompt.nnunet_env import ensure_trainer_path_registered
         ensure_trainer_path_registered()  # our trainers are found without the user exporting nnUNet_extTrainer
+        if not os.path.isdir(model_training_output_dir):
+            raise FileNotFoundError(f"No trained model at '{model_training_output_dir}': check -d, -tr, -p and -c.")
+        available = sorted(d for d in os.listdir(model_training_output_dir) if d.startswith("fold_"))
+        for f in use_folds or []:
+            if not os.path.isfile(os.path.join(model_training_output_dir, f"fold_{f}", checkpoint_name)):
+                raise FileNotFoundError(f"Model '{model_training_output_dir}' has no fold_{f}/{checkpoint_name} "
+                                        f"(folds present: {available}). Train that fold or pick another with -f / -chk.")
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         # the layout the model was trained with, not whatever the trainer code says today
         self.prompt_encoding = PromptEncoding.load(model_training_output_dir)
@@ -68,8 +75,12 @@ class PromptPredictor(nnUNetPredictor):
         if not files:
             raise PromptError(f"No images ending in {self.dataset_json['file_ending']} in '{source_folder}' (nnU-Net "
                               f"naming: CASE_0000{self.dataset_json['file_ending']}).")
+        n_channels = len(self.dataset_json['channel_names'])
         for case_files in files:
             case = os.path.basename(case_files[0])[:-len(self.dataset_json['file_ending']) - 5]
+            if len(case_files) != n_channels:
+                raise PromptError(f"Case '{case}' in '{source_folder}' has {len(case_files)} channel file(s), the model "
+                                  f"expects {n_channels} ({self.dataset_json['channel_names']}): CASE_0000, CASE_0001, ...")
             prompts = self.case_prompts.get(case)
             if prompts is None:
                 if self.allow_missing_prompts:
