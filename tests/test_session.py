@@ -73,6 +73,12 @@ def test_session_array_input_matches_file_input(trained, session_case):
     before = b.mask
     b.add_mask(label > 0)
     np.testing.assert_array_equal(b.undo(), before)
+    # without growth the region stays the patch-sized one around the interaction, whatever the prediction
+    c = InteractiveSession(trained["folder"], device="cpu", max_growth=0)
+    c.set_image(image)
+    c.add_box((0, 0, 0), tuple(int(v) - 1 for v in img.GetSize()))  # a box over everything
+    center = (np.asarray(c._grid.shape) - 1) / 2
+    assert c.last_region == region_around(center, c.patch, c._grid.shape)
     with pytest.raises(ValueError, match="image channel"):
         b.set_image(np.zeros((2, 4, 4, 4), np.float32), spacing=(1, 1, 1))
 

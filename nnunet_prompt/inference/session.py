@@ -206,9 +206,9 @@ class InteractiveSession:
         t0 = time.perf_counter()
         shape = self._grid.shape
         region = region_around(center, self.patch, shape)
-        for _ in range(self.max_growth + 1):
+        for attempt in range(self.max_growth + 1):
             diff = self._predict_region(prompts, region)
-            bigger = grown_region(region, (diff > 0).numpy(), self.patch, shape)
+            bigger = grown_region(region, (diff > 0).numpy(), self.patch, shape) if attempt < self.max_growth else None
             if bigger is None:
                 break
             region = bigger
