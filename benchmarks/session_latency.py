@@ -20,7 +20,8 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
+
+from common import nnunet_workdir, report
 
 
 def make_model_folder(work: str, patch: int, size: int, device: str) -> str:
@@ -68,10 +69,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="append the markdown result to this file")
     a = p.parse_args(argv)
 
-    work = tempfile.mkdtemp(prefix="nnunet_prompt_latency_")
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[k] = os.path.join(work, k)
-        os.makedirs(os.environ[k], exist_ok=True)
+    work = nnunet_workdir()
     import numpy as np
     import torch
     from nnunet_prompt.inference.session import InteractiveSession
@@ -96,11 +94,7 @@ def main(argv=None):
              f"median of {a.clicks} clicks after {a.warmup} warm-up", "",
              "| region (patch) | median ms | min ms | max ms | U-Net features |", "|---|---|---|---|---|"]
     lines += [f"| {p}^3 | {m:.1f} | {lo:.1f} | {hi:.1f} | {f} |" for p, m, lo, hi, f in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write("\n" + text)
+    report(lines, a.out)
 
 
 if __name__ == "__main__":

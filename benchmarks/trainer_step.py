@@ -23,7 +23,8 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
+
+from common import nnunet_workdir, report
 import time
 
 
@@ -37,10 +38,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="append the markdown result to this file")
     a = p.parse_args(argv)
 
-    work = a.workdir or tempfile.mkdtemp(prefix="nnunet_prompt_bench_")
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[k] = os.path.join(work, k)
-        os.makedirs(os.environ[k], exist_ok=True)
+    work = nnunet_workdir(a.workdir)
     os.environ.setdefault("nnUNet_compile", "0")
     os.environ.setdefault("nnUNet_n_proc_DA", "8" if a.device == "cuda" else "1")
     from nnunet_prompt.nnunet_env import ensure_trainer_path_registered
@@ -117,11 +115,7 @@ def main(argv=None):
     for name, r in rows:
         lines.append(f"| {name} | {r['step_ms']:.1f} | {r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ms'] / base:.2f}x | "
                      f"{r['simulation_ms']:.1f} | {r['refinement_ms']:.1f} | {r['peak_gib']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write("\n" + text)
+    report(lines, a.out)
 
 
 if __name__ == "__main__":

@@ -79,12 +79,17 @@ def _cmd_evaluate(a) -> None:
     print(f"\nwritten: {out} and {os.path.splitext(out)[0] + '.csv'}")
 
 
-def _cmd_interactive_eval(a) -> None:
-    from nnunet_prompt.evaluation.interactive_eval import interactive_eval
+def _registered_dataset(dataset) -> str:
+    """Check nnU-Net's folder variables, make our trainers findable, and return 'DatasetXXX_Name'."""
     from nnunet_prompt.nnunet_env import dataset_name, ensure_trainer_path_registered, require_folders
     require_folders()
     ensure_trainer_path_registered()
-    name = dataset_name(a.d)
+    return dataset_name(dataset)
+
+
+def _cmd_interactive_eval(a) -> None:
+    from nnunet_prompt.evaluation.interactive_eval import interactive_eval
+    name = _registered_dataset(a.d)
     out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"interactive_eval_{a.c}_fold{a.f}")
     summary = interactive_eval(name, a.c, a.f, a.tr, a.p, sorted(set(a.clicks)), out, a.device, a.nsd_tolerance,
                                a.seed, a.test_set)
@@ -97,10 +102,7 @@ def _cmd_interactive_eval(a) -> None:
 
 def _cmd_compare(a) -> None:
     from nnunet_prompt.evaluation.compare import compare
-    from nnunet_prompt.nnunet_env import dataset_name, ensure_trainer_path_registered, require_folders
-    require_folders()
-    ensure_trainer_path_registered()
-    name = dataset_name(a.d)
+    name = _registered_dataset(a.d)
     out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"compare_{a.c}")
     compare(name, a.c, a.baseline, a.trainers, a.p, a.f, out, a.nsd_tolerance)
     print(open(os.path.join(out, "report.md")).read())
