@@ -209,6 +209,9 @@ def run_demo(workdir: str = "demo_work", num_training: int = 20, num_test: int =
         "dice_gain": means[PROMPTED] - means[BASELINE],
         "minutes": minutes, "prompts_file": prompts_file, "figure": png,
     }
+    if means[PROMPTED] < 0.5:
+        summary["warning"] = ("PromptTrainer did not learn to use the image in this run (known instability of the "
+                              "short CPU schedule, see README 'Known problem'); rerun the demo.")
     atomic_write_json(summary, os.path.join(workdir, "summary.json"))
 
     print("\n" + "-" * 78)
@@ -219,4 +222,6 @@ def run_demo(workdir: str = "demo_work", num_training: int = 20, num_test: int =
     print("-" * 78)
     print(f"Dice gain from prompts: {summary['dice_gain']:+.3f}   total time: {minutes['total']:.1f} min")
     print(f"summary: {os.path.join(workdir, 'summary.json')}\nfigure:  {png}")
+    if "warning" in summary:
+        print(f"WARNING: {summary['warning']}")
     return summary
