@@ -81,8 +81,8 @@ def main(argv=None):
         steps, parts = [], {"simulation_s": [], "refinement_forward_s": [], "train_step_s": []}
         for i in range(a.warmup + a.iters):
             batch = next(tr.dataloader_train)
-            if hasattr(tr, "_timing"):
-                tr._timing = {"simulation_s": 0.0, "refinement_forward_s": 0.0, "steps": 0}
+            if hasattr(tr, "reset_timing"):
+                tr.reset_timing()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()

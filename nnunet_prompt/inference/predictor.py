@@ -24,10 +24,16 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from nnunet_prompt.prompts.encoding import PromptEncoding, encode_preprocessed
+from nnunet_prompt.training.prompt_trainer import IN_CHANNELS_ATTR
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
 from nnunet_prompt.prompts.model import PromptError, PromptsByCase, foreground_labels
 
 UNPROMPTED_LOGIT = -100.0
+
+
+def object_label_manager() -> LabelManager:
+    """Labels of one prompted object: what a prompt model's two outputs mean."""
+    return LabelManager({"background": 0, "object": 1}, None)
 
 
 class PromptPredictor(nnUNetPredictor):
@@ -55,7 +61,7 @@ class PromptPredictor(nnUNetPredictor):
         # the layout the model was trained with, not whatever the trainer code says today
         self.prompt_encoding = PromptEncoding.load(model_training_output_dir)
         num_image_channels = len(self.dataset_json['channel_names'])
-        expected = self.network.__dict__.get("_nnunet_prompt_in_channels")
+        expected = self.network.__dict__.get(IN_CHANNELS_ATTR)
         if expected != num_image_channels + self.prompt_encoding.num_channels:
             raise ValueError(f"Model '{model_training_output_dir}' takes {expected} input channels, but its "
                              f"{num_image_channels} image channel(s) and stored prompt layout "
@@ -129,7 +135,7 @@ class PromptPredictor(nnUNetPredictor):
         """nnU-Net's sliding window sizes its output from ``label_manager``; while one prompted object is
         predicted, the network has two outputs (background, object), whatever the dataset's classes."""
         dataset_labels = self.label_manager
-        self.label_manager = LabelManager({"background": 0, "object": 1}, None)
+        self.label_manager = object_label_manager()
         try:
             yield
         finally:

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from nnunet_prompt.inference.predictor import PromptPredictor
+from nnunet_prompt.inference.predictor import PromptPredictor, object_label_manager
 from nnunet_prompt.prompts.encoding import encode_preprocessed
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
 from nnunet_prompt.prompts.model import Prompt
@@ -170,11 +170,10 @@ class InteractiveSession:
         """The current object mask on the input image's grid, numpy (z, y, x) uint8."""
         self._require_image()
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-        from nnunetv2.utilities.label_handling.label_handling import LabelManager
         logits = torch.stack([torch.zeros_like(self._logits), self._logits]).numpy()
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.predictor.plans_manager, self.predictor.configuration_manager,
-            LabelManager({"background": 0, "object": 1}, None), self._props, return_probabilities=False)
+            object_label_manager(), self._props, return_probabilities=False)
         return np.asarray(seg, dtype=np.uint8)
 
     # -------------------------------------------------------------- internals

@@ -35,6 +35,8 @@ from nnunet_prompt.prompts.encoding import PromptEncoding
 from nnunet_prompt.prompts.model import foreground_labels
 
 NUM_OUTPUTS = 2  # background, prompted object
+# set on networks built by prompt trainers: image + prompt input channels, checked at inference
+IN_CHANNELS_ATTR = "_nnunet_prompt_in_channels"
 
 
 def _append_empty_prompts_hook(num_prompt_channels: int):
@@ -44,7 +46,7 @@ def _append_empty_prompts_hook(num_prompt_channels: int):
 
     def hook(module, args):
         x = args[0]
-        expected = module.__dict__.get("_nnunet_prompt_in_channels")
+        expected = module.__dict__.get(IN_CHANNELS_ATTR)
         if expected is not None and x.shape[1] == expected - num_prompt_channels:
             if not state["warned"]:
                 print("nnunet-prompt WARNING: this prompt model received no prompt channels (was it called by plain "
@@ -70,7 +72,11 @@ class PromptTrainerBase(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.target_labels: Dict[str, int] = foreground_labels(dataset_json)
         self._simulator = None
-        self._timing = {"simulation_s": 0.0, "refinement_forward_s": 0.0, "steps": 0}
+        self.reset_timing()
+
+    def reset_timing(self):
+        """Seconds spent since the last reset: simulated user, refinement forward passes, forward-backward."""
+        self._timing = {"simulation_s": 0.0, "refinement_forward_s": 0.0, "train_step_s": 0.0, "steps": 0}
 
     # ------------------------------------------------------------------ network
     @classmethod
@@ -83,7 +89,7 @@ class PromptTrainerBase(nnUNetTrainer):
             configuration_manager.network_arch_init_kwargs,
             configuration_manager.network_arch_init_kwargs_req_import,
             in_channels, NUM_OUTPUTS, allow_init=True, deep_supervision=enable_deep_supervision)
-        network.__dict__["_nnunet_prompt_in_channels"] = in_channels
+        network.__dict__[IN_CHANNELS_ATTR] = in_channels
         network.register_forward_pre_hook(_append_empty_prompts_hook(cls.prompt_encoding.num_channels))
         return network
 
@@ -174,7 +180,7 @@ class PromptTrainerBase(nnUNetTrainer):
         t0 = time.perf_counter()
         out = super().train_step(batch)
         self._sync()
-        self._timing["train_step_s"] = self._timing.get("train_step_s", 0.0) + time.perf_counter() - t0
+        self._timing["train_step_s"] += time.perf_counter() - t0
         self._timing["steps"] += 1
         return out
 
@@ -187,8 +193,8 @@ class PromptTrainerBase(nnUNetTrainer):
         self.print_to_log_file(
             f"prompt simulation {1000 * self._timing['simulation_s'] / n:.1f} ms/step, refinement forward passes "
             f"{1000 * self._timing['refinement_forward_s'] / n:.1f} ms/step, forward-backward "
-            f"{1000 * self._timing.get('train_step_s', 0.0) / n:.1f} ms/step")
-        self._timing = {"simulation_s": 0.0, "refinement_forward_s": 0.0, "steps": 0}
+            f"{1000 * self._timing['train_step_s'] / n:.1f} ms/step")
+        self.reset_timing()
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         from nnunet_prompt.training.prompted_validation import run_prompted_validation
