@@ -1,4 +1,4 @@
-"""Step time of PromptTrainer next to nnUNetTrainer on the same plans and data.
+"""Step time of PromptTrainer and TextPromptTrainer next to nnUNetTrainer on the same plans and data.
 
     python benchmarks/trainer_step.py --device cuda --plans default --iters 200   # GPU check (issue: foundation)
     python benchmarks/trainer_step.py --device cpu --plans narrow --iters 20      # what CPU can show
@@ -11,7 +11,8 @@ is excluded from the timings). For PromptTrainer it reports separately:
   * simulation: the simulated user (initial prompt, and clicks in refinement rounds),
   * refinement forward passes: the extra no-grad passes of rounds 2..r.
 Rows: nnUNetTrainer; PromptTrainer with 1 round (prompt channels + simulation only); PromptTrainer with
-its default policy (r uniform in 1..5). Prints a markdown table and writes it with the date and device to
+its default policy (r uniform in 1..5); TextPromptTrainer with the default MiniLM-L6 text model, and with
+a larger local model given by --text-model (its memory). Prints a markdown table and writes it with the date and device to
 --out (default: stdout only).
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None, help="append the markdown result to this file")
+    p.add_argument("--text-model", default=None, help="also time TextPromptTrainer with this local Hugging Face "
+                   "model folder (e.g. a Llama-sized model, for memory)")
     a = p.parse_args(argv)
 
     work = nnunet_workdir(a.workdir)
@@ -68,6 +71,7 @@ def main(argv=None):
     cfg = plans["configurations"]["3d_fullres"]
     device = torch.device(a.device)
     prompt_cls = recursive_find_trainer_class_by_name("PromptTrainer")
+    text_cls = recursive_find_trainer_class_by_name("TextPromptTrainer")
 
     def measure(cls, policy=None):
         tr = cls(dict(plans, continue_training=False), "3d_fullres", 0, dataset_json, device)
@@ -103,7 +107,11 @@ def main(argv=None):
 
     rows = [("nnUNetTrainer", measure(nnUNetTrainer)),
             ("PromptTrainer, 1 round", measure(prompt_cls, SimulationPolicy(num_rounds=1))),
-            ("PromptTrainer, default (1-5 rounds)", measure(prompt_cls))]
+            ("PromptTrainer, default (1-5 rounds)", measure(prompt_cls)),
+            ("TextPromptTrainer, MiniLM-L6 (default)", measure(text_cls))]
+    if a.text_model:
+        os.environ["NNUNET_PROMPT_TEXT_MODEL"] = a.text_model
+        rows.append((f"TextPromptTrainer, {os.path.basename(os.path.normpath(a.text_model))}", measure(text_cls)))
     base = rows[0][1]["fwd_bwd_ms"]
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     lines = [f"### Trainer step time, {datetime.date.today().isoformat()}, {dev_name}",

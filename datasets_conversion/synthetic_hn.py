@@ -28,6 +28,8 @@ from nnunet_prompt.io_utils import atomic_path
 
 LESION_HU = 90.0
 TISSUE_HU = 40.0
+NODE_HU = 70.0
+NODE_LABEL = 2  # with nodal_involvement > 0: label 2 = the involved ipsilateral lymph node
 
 
 def _ellipsoid(shape_zyx, center_zyx_mm, radii_mm, spacing_zyx):
@@ -38,7 +40,7 @@ def _ellipsoid(shape_zyx, center_zyx_mm, radii_mm, spacing_zyx):
 
 def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0, 2.0, 3.0),
               origin=(-64.0, -80.0, 200.0), num_lesions: int = 2,
-              label_lookalikes: bool = False) -> Tuple[sitk.Image, sitk.Image, dict]:
+              label_lookalikes: bool = False, nodal_involvement: float = 0.0) -> Tuple[sitk.Image, sitk.Image, dict]:
     shape = tuple(shape_xyz[::-1])  # numpy order z, y, x
     sp = tuple(spacing_xyz[::-1])
     ext = np.asarray(shape) * np.asarray(sp)  # mm, z y x
@@ -64,6 +66,16 @@ def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0
         m = _ellipsoid(shape, c, radii, sp) & body & ~spine & ~airway
         lesions.append((side, m))
         img[m] = LESION_HU
+    nodes = {}
+    if nodal_involvement > 0:  # a lymph node posterior-lateral on each side, visible whatever the N stage
+        for side in ("right", "left"):
+            sign = -1 if side == "right" else 1
+            c = (rng.uniform(0.35, 0.65) * ext[0], cy + ext[1] * rng.uniform(0.12, 0.16),
+                 cx + sign * rng.uniform(0.31, 0.34) * ext[2])
+            m = _ellipsoid(shape, c, (rng.uniform(6, 8), rng.uniform(5, 6), rng.uniform(5, 6)), sp)
+            m &= body & ~spine & ~airway & ~np.any([lm for _, lm in lesions], axis=0)
+            nodes[side] = m
+            img[m] = NODE_HU
     img += rng.normal(0, 12.0, size=img.shape).astype(np.float32)
 
     target_idx = int(rng.integers(len(lesions)))
@@ -75,6 +87,9 @@ def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0
                 seg[m] = 2
     t_stage = f"T{int(rng.integers(1, 4))}"
     n_stage = "N0"
+    if nodes and rng.uniform() < nodal_involvement:  # N1: the node on the tumour's side is part of the target
+        n_stage = "N1"
+        seg[nodes[side]] = NODE_LABEL
     fields = {"laterality": side, "T": t_stage, "N": n_stage, "M": "M0"}
     text = f"{side.capitalize()}-sided tumour, c{t_stage}{n_stage}M0."
 
@@ -90,11 +105,18 @@ def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0
 def generate_synthetic_hn_dataset(raw_root: str, dataset_id: int = 990, name: str = "SyntheticHN",
                                   num_training: int = 20, num_test: int = 8, seed: int = 0,
                                   shape_xyz: Sequence[int] = (64, 64, 32), spacing_xyz=(2.0, 2.0, 3.0),
-                                  num_lesions: int = 2, overwrite: bool = False, label_lookalikes: bool = False) -> str:
+                                  num_lesions: int = 2, overwrite: bool = False, label_lookalikes: bool = False,
+                                  nodal_involvement: float = 0.0) -> str:
     """Write DatasetXXX_NAME into ``raw_root`` and return its path. The folder appears complete or not at all.
 
     ``label_lookalikes`` gives a two-label variant (1 = tumour, 2 = the look-alike lesion(s)) for
-    multi-class experiments; by default only the target is labelled."""
+    multi-class experiments; by default only the target is labelled.
+
+    ``nodal_involvement`` > 0 gives the text-decides variant: every case shows a lymph node on each side,
+    a share ``nodal_involvement`` of cases is N1, and then the node on the tumour's side is label 2
+    ("node"). Only the text (laterality, N stage) tells which lesion and whether a node is a target."""
+    if label_lookalikes and nodal_involvement > 0:
+        raise ValueError("label_lookalikes and nodal_involvement both use label 2; choose one.")
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
@@ -109,13 +131,14 @@ def generate_synthetic_hn_dataset(raw_root: str, dataset_id: int = 990, name: st
         for i in range(num_training + num_test):
             rng = np.random.default_rng([seed, i])
             img, seg, text = make_case(rng, tuple(shape_xyz), tuple(spacing_xyz), num_lesions=num_lesions,
-                                       label_lookalikes=label_lookalikes)
+                                       label_lookalikes=label_lookalikes, nodal_involvement=nodal_involvement)
             split = "Tr" if i < num_training else "Ts"
             case = f"hn_{i:03d}"
             sitk.WriteImage(img, os.path.join(tmp, f"images{split}", f"{case}_0000.nii.gz"))
             sitk.WriteImage(seg, os.path.join(tmp, f"labels{split}", f"{case}.nii.gz"))
             texts[case] = text
-        labels = {"background": 0, "tumour": 1, **({"lookalike": 2} if label_lookalikes else {})}
+        labels = {"background": 0, "tumour": 1, **({"lookalike": 2} if label_lookalikes else {}),
+                  **({"node": NODE_LABEL} if nodal_involvement > 0 else {})}
         generate_dataset_json(tmp, {0: "CT"}, labels, num_training, ".nii.gz",
                               dataset_name=f"Dataset{dataset_id:03d}_{name}",
                               description="nnunet-prompt synthetic head-and-neck phantom: two look-alike lesions, "
@@ -133,10 +156,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--num-training", type=int, default=20)
     p.add_argument("--num-test", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nodal-involvement", type=float, default=0.0,
+                   help="share of N1 cases; > 0 adds a lymph node per side and labels the involved one (label 2)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     print(generate_synthetic_hn_dataset(a.raw_root, a.dataset_id, a.name, a.num_training, a.num_test, a.seed,
-                                        overwrite=a.overwrite))
+                                        overwrite=a.overwrite, nodal_involvement=a.nodal_involvement))
 
 
 if __name__ == "__main__":

@@ -51,17 +51,25 @@ def _cmd_predict(a) -> None:
     import torch
     from nnunet_prompt.inference.predictor import PromptPredictor
     from nnunet_prompt.nnunet_env import dataset_name, ensure_trainer_path_registered, require_folders
-    from nnunet_prompt.prompts.model import load_prompts_file
+    from nnunet_prompt.prompts.model import PromptError, load_prompts_file
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     require_folders("nnUNet_results")
     ensure_trainer_path_registered()
-    prompts = load_prompts_file(a.prompts)
+    prompts = load_prompts_file(a.prompts) if a.prompts else {}
     model_folder = get_output_folder(dataset_name(a.d), a.tr, a.p, a.c)
     predictor = PromptPredictor(tile_step_size=a.step_size, use_gaussian=True, use_mirroring=not a.disable_tta,
                                 perform_everything_on_device=True, device=torch.device(a.device), verbose=False,
                                 allow_tqdm=True)
     folds = [f if f == "all" else int(f) for f in a.f]
     predictor.initialize_from_trained_model_folder(model_folder, folds, a.chk)
+    if predictor.clinical_context is None and not a.prompts:
+        raise PromptError(f"Model '{model_folder}' takes spatial prompts: give them with --prompts prompts.json "
+                          f"(see docs/prompts.md).")
+    if a.clinical_text:
+        if predictor.clinical_context is None:
+            raise PromptError(f"--clinical-text was given, but model '{model_folder}' takes no clinical text.")
+        from nnunet_prompt.clinical_text import read_sidecar_file
+        predictor.set_clinical_text(read_sidecar_file(a.clinical_text), a.clinical_text)
     predictor.set_prompts(prompts, a.prompts, allow_missing=a.allow_missing_prompts)
     predictor.check_prompts_for_images(a.i)
     predictor.predict_from_files(a.i, a.o, save_probabilities=a.save_probabilities, overwrite=not a.continue_prediction,
@@ -178,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-tr", default="PromptTrainer")
     s.add_argument("-p", default="nnUNetPlans")
     s.add_argument("-chk", default="checkpoint_final.pth")
-    s.add_argument("--prompts", required=True, help="JSON file: case id -> prompt(s)")
+    s.add_argument("--prompts", default=None, help="JSON file: case id -> prompt(s) (see docs/prompts.md); a prompt's "
+                   "'text' is the clinical text of text-conditioned models")
+    s.add_argument("--clinical-text", default=None,
+                   help="text-conditioned models: a clinical-text sidecar (clinical_text.json format) with each "
+                        "case's text and fields; a prompt's 'text' takes precedence")
     s.add_argument("--allow-missing-prompts", action="store_true",
                    help="predict cases without a prompt entry as background instead of failing")
     s.add_argument("-step_size", type=float, default=0.5)

@@ -38,7 +38,10 @@ def write_sidecar(dataset_folder: str, cases: Dict[str, dict]) -> str:
 
 
 def read_sidecar(dataset_folder: str) -> Dict[str, dict]:
-    path = os.path.join(dataset_folder, SIDECAR_FILENAME)
+    return read_sidecar_file(os.path.join(dataset_folder, SIDECAR_FILENAME))
+
+
+def read_sidecar_file(path: str) -> Dict[str, dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No clinical text sidecar '{path}'. Write one with the converters' --clinical option "
                                 f"or see nnunet_prompt/clinical_text.py for the format.")

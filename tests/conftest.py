@@ -82,3 +82,50 @@ def trained(planned_dataset):
     assert proc.returncode == 0, proc.stdout[-5000:]
     folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
     return {"folder": folder, "env": env, "log": proc.stdout, "cmd": cmd, **planned_dataset}
+
+
+def _save_tiny_bert(folder) -> str:
+    """A 2-layer BERT (hidden 32) with a WordPiece tokenizer, saved as a Hugging Face model folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    os.makedirs(folder, exist_ok=True)
+    words = "left right sided tumour nodal node involvement t1 t2 t3 n0 n1 m0 c".split()
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + chars + list(",.-") + ["##" + c for c in chars]
+    with open(os.path.join(folder, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab))
+    tokenizer = BertTokenizerFast(os.path.join(folder, "vocab.txt"))
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=128))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _save_tiny_gpt2(folder) -> str:
+    """A 2-layer GPT-2 (a decoder, hidden 32) with a byte-level BPE tokenizer that adds <s> in front."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+    os.makedirs(folder, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["Left-sided tumour, cT2N1M0.", "Right-sided tumour, cT1N0M0."] * 10,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>", "<unk>", "<pad>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<pad>")
+    model = GPT2Model(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                 bos_token_id=0, eos_token_id=1))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    return _save_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))

@@ -10,6 +10,11 @@ export. This class only appends prompt channels to each case's preprocessed imag
   channel L of a multi-class logit map whose background channel is 0 and whose unprompted labels are
   ``UNPROMPTED_LOGIT``. nnU-Net's own export then resamples that map and takes the argmax, so where
   prompted objects overlap the more confident one wins.
+
+Text-conditioned models (``clinical_context.json`` in the model folder, see ``nnunet_prompt.text``) take
+no prompt channels: each case's clinical entry (the prompt's ``text``, or an entry of a clinical-text
+sidecar given with ``set_clinical_text``) is handed to the network before nnU-Net's ordinary prediction
+of the dataset's label map.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from nnunet_prompt.prompts.encoding import PromptEncoding, encode_preprocessed
 from nnunet_prompt.training.prompt_trainer import IN_CHANNELS_ATTR
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
 from nnunet_prompt.prompts.model import PromptError, PromptsByCase, foreground_labels
+from nnunet_prompt.text.config import ClinicalContextConfig, using
 
 UNPROMPTED_LOGIT = -100.0
 
@@ -44,6 +50,10 @@ class PromptPredictor(nnUNetPredictor):
         self.prompts_source: Optional[str] = None
         self.allow_missing_prompts = False
         self._current_case_channels: Optional[Dict[int, torch.Tensor]] = None
+        self.clinical_context: Optional[ClinicalContextConfig] = None  # set for text-conditioned models
+        self.clinical_entries: Dict[str, dict] = {}
+        self.clinical_source: Optional[str] = None
+        self._current_case_entry: Optional[dict] = None
 
     # -------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
@@ -57,6 +67,13 @@ class PromptPredictor(nnUNetPredictor):
             if not os.path.isfile(os.path.join(model_training_output_dir, f"fold_{f}", checkpoint_name)):
                 raise FileNotFoundError(f"Model '{model_training_output_dir}' has no fold_{f}/{checkpoint_name} "
                                         f"(folds present: {available}). Train that fold or pick another with -f / -chk.")
+        self.clinical_context = ClinicalContextConfig.load(model_training_output_dir)
+        if self.clinical_context is not None:
+            # rebuild the context encoder the model was trained with (its language model, found again if moved)
+            with using(self.clinical_context.relocated()):
+                super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+            self.prompt_encoding = None
+            return
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         # the layout the model was trained with, not whatever the trainer code says today
         self.prompt_encoding = PromptEncoding.load(model_training_output_dir)
@@ -71,6 +88,32 @@ class PromptPredictor(nnUNetPredictor):
         self.case_prompts = prompts
         self.prompts_source = source
         self.allow_missing_prompts = allow_missing
+
+    def set_clinical_text(self, entries: Dict[str, dict], source: Optional[str] = None):
+        """Per-case clinical entries (the clinical-text sidecar format) for text-conditioned models; a
+        prompt's own ``text`` takes precedence over the entry's."""
+        self.clinical_entries = entries
+        self.clinical_source = source
+
+    def case_clinical_entry(self, case: str) -> dict:
+        """The clinical entry a text-conditioned model gets for a case; a clear error if there is none."""
+        entry = dict(self.clinical_entries.get(case, {}))
+        texts = [p.text for p in self.case_prompts.get(case, []) if p.text is not None]
+        if len(texts) > 1:
+            raise PromptError(f"Case '{case}' has {len(texts)} prompts with 'text' in '{self.prompts_source}'; a "
+                              f"text-conditioned model takes one text per case.")
+        if texts:
+            entry["text"] = texts[0]
+        key = self.clinical_context.entry_key
+        if key not in entry:
+            if self.allow_missing_prompts:
+                return {"text": "", "fields": {}}
+            where = " or ".join(f"'{s}'" for s in (self.prompts_source, self.clinical_source) if s) or "the input"
+            fix = ("a \"text\" in its prompt" if key == "text" else
+                   "an entry with \"fields\" in a clinical-text sidecar (--clinical-text)")
+            raise PromptError(f"Case '{case}' has no clinical {key} in {where}; this model (trained with "
+                              f"{self.clinical_context.kind} context) needs {fix}, or pass --allow-missing-prompts.")
+        return entry
 
     def check_prompts_for_images(self, source_folder: str) -> None:
         """Validate every case's prompts against its image header before anything is predicted, so a bad
@@ -87,6 +130,9 @@ class PromptPredictor(nnUNetPredictor):
             if len(case_files) != n_channels:
                 raise PromptError(f"Case '{case}' in '{source_folder}' has {len(case_files)} channel file(s), the model "
                                   f"expects {n_channels} ({self.dataset_json['channel_names']}): CASE_0000, CASE_0001, ...")
+            if self.clinical_context is not None:
+                self.case_clinical_entry(case)
+                continue
             prompts = self.case_prompts.get(case)
             if prompts is None:
                 if self.allow_missing_prompts:
@@ -167,7 +213,10 @@ class PromptPredictor(nnUNetPredictor):
                 case = os.path.basename(item['ofile'])
                 data = item['data']
                 shape = np.load(data, mmap_mode='r').shape if isinstance(data, str) else data.shape
-                self._current_case_channels = self.prepare_case_prompts(case, shape[1:], item['data_properties'])
+                if self.clinical_context is not None:
+                    self._current_case_entry = self.case_clinical_entry(case)
+                else:
+                    self._current_case_channels = self.prepare_case_prompts(case, shape[1:], item['data_properties'])
                 yield item
 
         try:
@@ -175,8 +224,18 @@ class PromptPredictor(nnUNetPredictor):
                                                       num_processes_segmentation_export)
         finally:
             self._current_case_channels = None
+            self._current_case_entry = None
+
+    def network_module(self):
+        return getattr(self.network, "_orig_mod", self.network)  # torch.compile wraps the module
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        if self.clinical_context is not None:
+            if self._current_case_entry is None:
+                raise RuntimeError("Text-conditioned prediction needs clinical text: call it through "
+                                   "predict_from_files after set_prompts() / set_clinical_text().")
+            self.network_module().set_clinical([self._current_case_entry])
+            return super().predict_logits_from_preprocessed_data(data)
         if self._current_case_channels is None:
             raise RuntimeError("PromptPredictor needs prompts: call it through predict_from_files after set_prompts().")
         return self.predict_prompted_logits(data, self._current_case_channels)

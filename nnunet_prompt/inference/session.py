@@ -13,6 +13,8 @@
   border, the region grows by half a patch on that side and is predicted again (``max_growth`` times at
   most). The region's result replaces the previous result there; the rest of the volume is kept.
 * One session segments one object; the previous result is fed back as the mask prompt.
+* Text-conditioned models (TextPromptTrainer) take ``set_text("Left-sided tumour, cT2N1M0.")`` instead of
+  points and boxes: the whole image is predicted with that text and ``mask`` is the dataset's label map.
 """
 from __future__ import annotations
 
@@ -123,8 +125,36 @@ class InteractiveSession:
         self._prompts = _Prompts()
         self._logits = torch.full(self._grid.shape, BACKGROUND_LOGIT)
         self._history: List[tuple] = []
+        self._text_logits: Optional[torch.Tensor] = None
+
+    @property
+    def takes_text(self) -> bool:
+        return self.predictor.clinical_context is not None
+
+    def set_text(self, text: str) -> np.ndarray:
+        """Text-conditioned models: segment the whole image as the clinical text says; returns the label map."""
+        self._require_image()
+        if not self.takes_text:
+            raise ValueError("This model takes points, boxes and masks, not text.")
+        if self.predictor.clinical_context.entry_key != "text":
+            raise ValueError("This model was trained on structured clinical fields (numeric-category ablation), "
+                             "not on text; predict it with `nnunet-prompt predict --clinical-text`.")
+        t0 = time.perf_counter()
+        self.predictor.network_module().set_clinical([{"text": str(text)}])
+        with torch.no_grad():
+            logits = self.predictor.predict_sliding_window_return_logits(self._data).float().cpu()
+        self._history.append(("text", self._text_logits))
+        self._text_logits = logits
+        self.last_region = ((0, 0, 0), tuple(self._grid.shape))
+        self.last_latency_ms = 1000 * (time.perf_counter() - t0)
+        return self.mask
+
+    def _require_spatial(self):
+        if self.takes_text:
+            raise ValueError("This model is conditioned on clinical text only: use set_text().")
 
     def add_point(self, point: Sequence[float], positive: bool = True, coordinates: str = "voxel") -> np.ndarray:
+        self._require_spatial()
         key = "positive_points" if positive else "negative_points"
         vp = self._to_voxel({key: [list(point)], "coordinates": coordinates})
         p = self._grid.raw_to_preprocessed(vp.positive_points[0] if positive else vp.negative_points[0])
@@ -133,6 +163,7 @@ class InteractiveSession:
         return self._interact(prompts, center=p)
 
     def add_box(self, lo: Sequence[float], hi: Sequence[float], coordinates: str = "voxel") -> np.ndarray:
+        self._require_spatial()
         vp = self._to_voxel({"boxes": [{"min": list(lo), "max": list(hi)}], "coordinates": coordinates})
         b = self._grid.box_to_preprocessed(vp.boxes[0].min, vp.boxes[0].max)
         prompts = self._prompts.copy()
@@ -143,6 +174,7 @@ class InteractiveSession:
         """A mask prompt (z, y, x) on the image grid: it becomes the previous result, then the region around
         its centre is predicted with it."""
         self._require_image()
+        self._require_spatial()
         mask = np.asarray(mask, bool)
         if mask.shape != tuple(self._grid.raw_shape_zyx):
             raise ValueError(f"Mask shape {mask.shape} differs from the image's {tuple(self._grid.raw_shape_zyx)} (z, y, x).")
@@ -160,6 +192,9 @@ class InteractiveSession:
     def undo(self) -> np.ndarray:
         if not self._history:
             raise IndexError("Nothing to undo.")
+        if self._history[-1][0] == "text":
+            self._text_logits = self._history.pop()[1]
+            return self.mask
         prompts, (lo, hi), old = self._history.pop()
         self._prompts = prompts
         self._logits[tuple(slice(a, b) for a, b in zip(lo, hi))] = old
@@ -167,9 +202,16 @@ class InteractiveSession:
 
     @property
     def mask(self) -> np.ndarray:
-        """The current object mask on the input image's grid, numpy (z, y, x) uint8."""
+        """The current object mask on the input image's grid, numpy (z, y, x) uint8 (a label map for text models)."""
         self._require_image()
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        if self.takes_text:  # the dataset's label map
+            if self._text_logits is None:
+                return np.zeros(self._grid.raw_shape_zyx, dtype=np.uint8)
+            seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+                self._text_logits.numpy(), self.predictor.plans_manager, self.predictor.configuration_manager,
+                self.predictor.label_manager, self._props, return_probabilities=False)
+            return np.asarray(seg, dtype=np.uint8)
         logits = torch.stack([torch.zeros_like(self._logits), self._logits]).numpy()
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.predictor.plans_manager, self.predictor.configuration_manager,

@@ -1,15 +1,17 @@
-"""nnU-Net's final validation, run with simulated prompts instead of none.
+"""nnU-Net's final validation, run with each case's prompts (simulated clicks/boxes, or its clinical text).
 
 nnU-Net's ``perform_actual_validation`` feeds the bare image to the network, which for a prompt model
-would measure nothing useful. This loop keeps nnU-Net's pieces (dataset class, split, sliding-window
+would measure nothing useful. ``validate_cases`` keeps nnU-Net's pieces (dataset class, split, sliding-window
 predictor, ``export_prediction_from_logits``, ``compute_metrics_on_folder`` and ``summary.json``) and
-adds, per validation case and per label present in its reference, a simulated initial prompt from
-that label (the trainer's ``validation_prompt_type``, seeded). Predictions are exported one case at a
+lets the trainer predict each case its way: ``run_prompted_validation`` adds, per validation case and
+per label present in its reference, a simulated initial prompt from that label (the trainer's
+``validation_prompt_type``, seeded); text trainers give the case's clinical text. Predictions are exported one case at a
 time; the cascade's next-stage export is not supported for prompt models.
 """
 from __future__ import annotations
 
 import os
+from typing import Callable, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +23,46 @@ from nnunetv2.inference.export_prediction import export_prediction_from_logits
 
 from nnunet_prompt.interaction.simulation import InteractionSimulator
 from nnunet_prompt.io_utils import atomic_write_json
+
+
+def validate_cases(trainer, predict_case: Callable[[str, torch.Tensor, np.ndarray], Tuple[torch.Tensor, dict]],
+                   record_name: str, save_probabilities: bool = False) -> None:
+    """predict_case(case id, preprocessed data, reference seg) -> (logits over the dataset's classes, a note
+    on what the case was given, collected into ``validation/<record_name>_rank<r>.json``)."""
+    out_folder = os.path.join(trainer.output_folder, 'validation')
+    os.makedirs(out_folder, exist_ok=True)
+    _, val_keys = trainer.do_split()
+    if trainer.is_ddp:
+        val_keys = val_keys[trainer.local_rank:: dist.get_world_size()]
+    dataset_val = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys,
+                                        folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+    notes = {}
+    for k in dataset_val.identifiers:
+        data, seg, _, properties = dataset_val.load_case(k)
+        data = torch.from_numpy(np.asarray(data[:]))
+        with torch.no_grad():
+            logits, notes[k] = predict_case(k, data, np.asarray(seg[:])[0])
+        export_prediction_from_logits(logits.float().cpu().numpy(), properties, trainer.configuration_manager,
+                                      trainer.plans_manager, trainer.dataset_json, os.path.join(out_folder, k),
+                                      save_probabilities)
+    atomic_write_json(notes, os.path.join(out_folder, f"{record_name}_rank{trainer.local_rank}.json"))
+
+    if trainer.is_ddp:
+        dist.barrier()
+    if trainer.local_rank == 0:
+        lm = trainer.label_manager
+        metrics = compute_metrics_on_folder(
+            os.path.join(trainer.preprocessed_dataset_folder_base, 'gt_segmentations'), out_folder,
+            os.path.join(out_folder, 'summary.json'), trainer.plans_manager.image_reader_writer_class(),
+            trainer.dataset_json["file_ending"], lm.foreground_labels, lm.ignore_label, chill=True,
+            num_processes=default_num_processes)
+        for label in metrics["mean"]:
+            trainer.logger.log_summary(f"final_val/class_{label}_dice", metrics["mean"][label]["Dice"])
+        trainer.logger.log_summary("final_val/foreground_dice", metrics['foreground_mean']["Dice"])
+        trainer.print_to_log_file(f"Validation (with {record_name.replace('_', ' ')}) complete",
+                                  also_print_to_console=True)
+        trainer.print_to_log_file("Mean Validation Dice: ", metrics['foreground_mean']["Dice"],
+                                  also_print_to_console=True)
 
 
 def run_prompted_validation(trainer, save_probabilities: bool = False) -> None:
@@ -39,44 +81,13 @@ def run_prompted_validation(trainer, save_probabilities: bool = False) -> None:
     simulator = InteractionSimulator(trainer.prompt_encoding, trainer.configuration_manager.spacing,
                                      trainer.simulation_policy, seed=trainer.simulation_seed, device=trainer.device)
 
-    out_folder = os.path.join(trainer.output_folder, 'validation')
-    os.makedirs(out_folder, exist_ok=True)
-    _, val_keys = trainer.do_split()
-    if trainer.is_ddp:
-        val_keys = val_keys[trainer.local_rank:: dist.get_world_size()]
-    dataset_val = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys,
-                                        folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
-    prompts_used = {}
-    for k in dataset_val.identifiers:
-        data, seg, _, properties = dataset_val.load_case(k)
-        data = torch.from_numpy(np.asarray(data[:]))
-        seg = np.asarray(seg[:])[0]
+    def predict_case(k, data, seg):
         channels = {}
         for name, label in trainer.target_labels.items():
             obj = torch.from_numpy(seg == label).to(trainer.device)
             if bool(obj.any()):
                 channels[label] = simulator.initial_prompts(obj[None], [prompt_type])[0].cpu()
-        prompts_used[k] = {"labels": sorted(channels), "prompt": prompt_type}
         trainer.print_to_log_file(f"predicting {k} with simulated '{prompt_type}' prompts for labels {sorted(channels)}")
-        with torch.no_grad():
-            logits = predictor.predict_prompted_logits(data, channels)
-        export_prediction_from_logits(logits.numpy(), properties, trainer.configuration_manager,
-                                      trainer.plans_manager, trainer.dataset_json, os.path.join(out_folder, k),
-                                      save_probabilities)
-    atomic_write_json(prompts_used, os.path.join(out_folder, f"simulated_prompts_rank{trainer.local_rank}.json"))
+        return predictor.predict_prompted_logits(data, channels), {"labels": sorted(channels), "prompt": prompt_type}
 
-    if trainer.is_ddp:
-        dist.barrier()
-    if trainer.local_rank == 0:
-        lm = trainer.label_manager
-        metrics = compute_metrics_on_folder(
-            os.path.join(trainer.preprocessed_dataset_folder_base, 'gt_segmentations'), out_folder,
-            os.path.join(out_folder, 'summary.json'), trainer.plans_manager.image_reader_writer_class(),
-            trainer.dataset_json["file_ending"], lm.foreground_labels, lm.ignore_label, chill=True,
-            num_processes=default_num_processes)
-        for label in metrics["mean"]:
-            trainer.logger.log_summary(f"final_val/class_{label}_dice", metrics["mean"][label]["Dice"])
-        trainer.logger.log_summary("final_val/foreground_dice", metrics['foreground_mean']["Dice"])
-        trainer.print_to_log_file("Validation (with simulated prompts) complete", also_print_to_console=True)
-        trainer.print_to_log_file("Mean Validation Dice: ", metrics['foreground_mean']["Dice"],
-                                  also_print_to_console=True)
+    validate_cases(trainer, predict_case, "simulated_prompts", save_probabilities)

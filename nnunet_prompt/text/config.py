@@ -1,0 +1,85 @@
+"""How a text-conditioned model reads clinical context, stored with the trained model.
+
+``clinical_context.json`` (beside ``plans.json``, written when training starts) records the context
+encoder: the language model with text prompt tuning (``kind = "language_model"``, with the
+``TextModelSpec``) or the numeric-category ablation (``kind = "categories"``), and the prompt-group
+sizes. Inference rebuilds exactly that encoder; its presence marks a model that needs text.
+
+While a stored model is rebuilt, ``using(config)`` makes it the active one, because nnU-Net builds
+networks through the trainer's static ``build_network_architecture``, which takes no such argument.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
+
+from torch import nn
+
+from nnunet_prompt.text.language_model import TextModelSpec
+
+CONFIG_FILENAME = "clinical_context.json"
+KINDS = ("language_model", "categories")
+_active: list = []  # stack of configs being rebuilt (see module docstring)
+
+
+@dataclass(frozen=True)
+class ClinicalContextConfig:
+    kind: str = "language_model"
+    num_groups: int = 4           # N text prompt groups (seed 004: several beat one, Table 3b)
+    vectors_per_group: int = 8    # M learnable vectors per group
+    category_dim: int = 128       # context size of the numeric-category ablation
+    text_model: Optional[TextModelSpec] = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def entry_key(self) -> str:
+        """Which part of a clinical-text sidecar entry the encoder reads."""
+        return "text" if self.kind == "language_model" else "fields"
+
+    def with_text_model_from_environment(self) -> "ClinicalContextConfig":
+        if self.kind != "language_model" or self.text_model is not None:
+            return self
+        return replace(self, text_model=TextModelSpec.from_environment())
+
+    def build_encoder(self) -> nn.Module:
+        if self.kind == "categories":
+            from nnunet_prompt.text.category_encoding import CategoryEncoding
+            return CategoryEncoding(self.category_dim)
+        from nnunet_prompt.text.prompt_tuning import TextPromptTuning
+        return TextPromptTuning(self.text_model, self.num_groups, self.vectors_per_group)
+
+    def save(self, folder: str) -> None:
+        from nnunet_prompt.io_utils import atomic_write_json
+        atomic_write_json(asdict(self), os.path.join(folder, CONFIG_FILENAME))
+
+    @classmethod
+    def load(cls, folder: str) -> Optional["ClinicalContextConfig"]:
+        path = os.path.join(folder, CONFIG_FILENAME)
+        if not os.path.isfile(path):
+            return None
+        with open(path, "r", encoding="utf-8") as f:
+            d = json.load(f)
+        spec = d.pop("text_model", None)
+        return cls(**d, text_model=TextModelSpec(**spec) if spec else None)
+
+    def relocated(self) -> "ClinicalContextConfig":
+        return self if self.text_model is None else replace(self, text_model=self.text_model.relocated())
+
+
+@contextmanager
+def using(config: ClinicalContextConfig):
+    _active.append(config)
+    try:
+        yield config
+    finally:
+        _active.pop()
+
+
+def active_config(default: ClinicalContextConfig) -> ClinicalContextConfig:
+    return _active[-1] if _active else default.with_text_model_from_environment()

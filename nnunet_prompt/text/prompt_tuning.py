@@ -1,0 +1,95 @@
+"""Text prompt tuning (LLMSeg, seed 004, eq. 1) on a frozen Hugging Face language model.
+
+For each of N prompt groups n, the model reads
+
+    t_n = { s, v^n_1 ... v^n_M, [TEXT], [SEG] }
+
+where s is the tokenizer's first special token (BERT's [CLS], Llama's <s>; absent for tokenizers that add
+none), v^n are M learnable vectors of the model's embedding size, [TEXT] the tokenised clinical text (with
+the tokenizer's own closing tokens), and [SEG] an appended token. The model's output at [SEG] is the
+context embedding g_n; a case gets N of them, shape (N, D).
+
+Only the prompt vectors and the [SEG] embedding train; the language model's weights get neither
+gradients nor optimizer state: it is kept *outside* the module tree (not a submodule), so
+``parameters()``, ``state_dict()``, checkpoints, DDP and ``.to()`` never see it. Gradients still flow
+through it to the prompt vectors.
+
+Why not ``peft``'s prompt tuning: peft prepends one block of virtual tokens in front of the whole input
+(before [CLS]) and yields one output sequence per input. Eq. 1 puts the vectors after the first special
+token, uses N independent groups (one [SEG] output each) and reads the output at an appended [SEG]
+token; peft expresses none of these three, so the splice is done here on ``inputs_embeds``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from nnunet_prompt.text.language_model import TextModelSpec, load_frozen_language_model
+
+
+class TextPromptTuning(nn.Module):
+    def __init__(self, spec: TextModelSpec, num_groups: int = 4, vectors_per_group: int = 8):
+        super().__init__()
+        self.spec = spec
+        self.num_groups = int(num_groups)
+        self.vectors_per_group = int(vectors_per_group)
+        self.context_dim = spec.hidden_size
+        # randomly initialised as in seed 004; the scale of BERT's token embeddings (std ~0.02-0.05)
+        self.prompt_vectors = nn.Parameter(torch.randn(self.num_groups, self.vectors_per_group, spec.hidden_size) * 0.02)
+        self.seg_embedding = nn.Parameter(torch.randn(spec.hidden_size) * 0.02)
+        self.__dict__["_language_model"] = None   # not a submodule: see module docstring
+        self.__dict__["_tokenizer"] = None
+        self._token_cache: Dict[str, Tuple[List[int], List[int]]] = {}
+
+    # ---------------------------------------------------------------- model
+    def _ensure_loaded(self, device: torch.device):
+        if self.__dict__["_language_model"] is None:
+            tokenizer, model = load_frozen_language_model(self.spec)
+            self.__dict__["_tokenizer"], self.__dict__["_language_model"] = tokenizer, model
+        model = self.__dict__["_language_model"]
+        if next(model.parameters()).device != device:
+            model.to(device)
+        return model
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self._ensure_loaded(self.prompt_vectors.device)
+
+    def tokens(self, text: str) -> Tuple[List[int], List[int]]:
+        """(leading special token ids, remaining ids) of a text, tokenised once and cached."""
+        if text not in self._token_cache:
+            tok = self.__dict__["_tokenizer"]
+            limit = getattr(tok, "model_max_length", 512)
+            limit = min(limit if isinstance(limit, int) and limit < 100_000 else 512, 512)
+            ids = tok(text, truncation=True, max_length=limit - self.vectors_per_group - 1)["input_ids"]
+            head = ids[:1] if ids and ids[0] in set(tok.all_special_ids) else []
+            self._token_cache[text] = (head, ids[len(head):])
+        return self._token_cache[text]
+
+    # -------------------------------------------------------------- forward
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        """texts: one string per sample -> context embeddings (B, N, D)."""
+        device = self.prompt_vectors.device
+        model = self._ensure_loaded(device)
+        embed = model.get_input_embeddings()
+        rows, lengths = [], []
+        for text in texts:
+            head, rest = self.tokens(text)
+            e_head = embed(torch.as_tensor(head, dtype=torch.long, device=device))
+            e_rest = embed(torch.as_tensor(rest, dtype=torch.long, device=device))
+            for n in range(self.num_groups):
+                seq = torch.cat([e_head, self.prompt_vectors[n].to(e_head.dtype), e_rest,
+                                 self.seg_embedding.to(e_head.dtype)[None]], 0)
+                rows.append(seq)
+                lengths.append(seq.shape[0])
+        longest = max(lengths)
+        inputs = torch.zeros((len(rows), longest, self.context_dim), dtype=rows[0].dtype, device=device)
+        attention = torch.zeros((len(rows), longest), dtype=torch.long, device=device)
+        for i, seq in enumerate(rows):  # right padding: [SEG] sits at length - 1
+            inputs[i, :seq.shape[0]] = seq
+            attention[i, :seq.shape[0]] = 1
+        hidden = model(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
+        seg = hidden[torch.arange(len(rows), device=device), torch.as_tensor(lengths, device=device) - 1]
+        return seg.view(len(texts), self.num_groups, self.context_dim)

