@@ -1,0 +1,81 @@
+"""RTSTRUCT reading and contour rasterisation.
+
+Rasterisation is hand-written because no well-kept library does it for arbitrary reference grids with the
+checks we need (rt-utils and dcmrtstruct2nii rasterise onto their own reading of the series and do not report
+contours that miss every slice). Rules: each planar contour is put on the slice its z position (distance along
+the slice normal) falls on; a pixel belongs to a contour when its centre lies inside the polygon
+(skimage.draw.polygon); nested contours of one structure on one slice are combined by XOR, so an inner
+contour cuts a hole (the usual RTSTRUCT convention); contours beyond the first or last slice are dropped and
+counted, and in-plane parts outside the image are clipped.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from skimage.draw import polygon
+
+from nnunet_prompt_datasets.conversion_errors import ConversionError
+
+SLICE_TOLERANCE = 0.3     # contours more than this fraction of a slice off any slice plane are rejected
+
+
+def referenced_series_uid(ds, patient: str, path: str) -> Tuple[Optional[str], List[str]]:
+    """The SeriesInstanceUID the RTSTRUCT references, and the referenced image SOPInstanceUIDs (fallback)."""
+    series_uid, sop_uids = None, []
+    for frame in getattr(ds, "ReferencedFrameOfReferenceSequence", []):
+        for study in getattr(frame, "RTReferencedStudySequence", []):
+            for series in getattr(study, "RTReferencedSeriesSequence", []):
+                series_uid = series_uid or str(series.SeriesInstanceUID)
+                sop_uids += [str(c.ReferencedSOPInstanceUID) for c in getattr(series, "ContourImageSequence", [])]
+    for roi in getattr(ds, "ROIContourSequence", []):
+        for contour in getattr(roi, "ContourSequence", []):
+            sop_uids += [str(c.ReferencedSOPInstanceUID) for c in getattr(contour, "ContourImageSequence", [])]
+    return series_uid, sop_uids
+
+
+def read_contours(path: str, patient: str) -> Tuple[object, Dict[str, List[np.ndarray]]]:
+    """The dataset and {ROI name: [N x 3 contour points in mm]} (closed planar contours only)."""
+    ds = pydicom.dcmread(path)
+    names = {int(r.ROINumber): str(r.ROIName).strip() for r in getattr(ds, "StructureSetROISequence", [])}
+    contours: Dict[str, List[np.ndarray]] = {name: [] for name in names.values()}
+    for roi in getattr(ds, "ROIContourSequence", []):
+        number = int(roi.ReferencedROINumber)
+        if number not in names:
+            raise ConversionError(f"ROIContourSequence refers to ROI number {number}, which StructureSetROISequence "
+                                  f"does not declare.", patient, path, "re-export the RTSTRUCT from the TPS.")
+        for contour in getattr(roi, "ContourSequence", []):
+            if str(getattr(contour, "ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
+                continue      # POINT / OPEN_PLANAR contours enclose no volume
+            points = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64).reshape(-1, 3)
+            if len(points) >= 3:
+                contours[names[number]].append(points)
+    return ds, contours
+
+
+def rasterise(contours: List[np.ndarray], reference: sitk.Image, patient: str, file: str, name: str) -> Tuple[np.ndarray, int]:
+    """Boolean mask (z, y, x) on ``reference``, and the number of contours outside the field of view."""
+    size = reference.GetSize()
+    mask = np.zeros(size[::-1], dtype=bool)
+    matrix = np.array(reference.GetDirection()).reshape(3, 3) * np.array(reference.GetSpacing())
+    to_index = np.linalg.inv(matrix)
+    origin = np.array(reference.GetOrigin())
+    outside = 0
+    for points in contours:
+        index = (points - origin) @ to_index.T        # continuous (x, y, z) voxel indices
+        z = index[:, 2]
+        k = int(np.round(z.mean()))
+        if np.ptp(z) > 2 * SLICE_TOLERANCE or abs(z.mean() - k) > SLICE_TOLERANCE:
+            raise ConversionError(f"a contour of '{name}' lies between image slices or is not parallel to them "
+                                  f"(slice index {z.mean():.2f}).", patient, file,
+                                  "check that the RTSTRUCT belongs to this CT series (or re-export the contours).")
+        if k < 0 or k >= size[2]:
+            outside += 1
+            continue
+        rr, cc = polygon(index[:, 1], index[:, 0], shape=(size[1], size[0]))
+        filled = np.zeros((size[1], size[0]), dtype=bool)
+        filled[rr, cc] = True
+        mask[k] ^= filled
+    return mask, outside
