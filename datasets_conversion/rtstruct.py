@@ -5,7 +5,9 @@ checks we need (rt-utils and dcmrtstruct2nii rasterise onto their own reading of
 contours that miss every slice). Rules: each planar contour is put on the slice its z position (distance along
 the slice normal) falls on; a pixel belongs to a contour when its centre lies inside the polygon
 (skimage.draw.polygon); nested contours of one structure on one slice are combined by XOR, so an inner
-contour cuts a hole (the usual RTSTRUCT convention); contours beyond the first or last slice are dropped and
+contour cuts a hole (the usual RTSTRUCT convention); pixels whose centre lies exactly on a contour line belong
+to the structure (the line is its boundary; this makes contours traced through boundary pixel centres, as
+mask-to-contour tools write them, round-trip exactly, and changes nothing for contours between centres); contours beyond the first or last slice are dropped and
 counted, and in-plane parts outside the image are clipped.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from skimage.draw import polygon
+from skimage.draw import line, polygon
 
 from nnunet_prompt_datasets.conversion_errors import ConversionError
 
@@ -63,6 +65,7 @@ def rasterise(contours: List[np.ndarray], reference: sitk.Image, patient: str, f
     to_index = np.linalg.inv(matrix)
     origin = np.array(reference.GetOrigin())
     outside = 0
+    edges = {}
     for points in contours:
         index = (points - origin) @ to_index.T        # continuous (x, y, z) voxel indices
         z = index[:, 2]
@@ -78,4 +81,29 @@ def rasterise(contours: List[np.ndarray], reference: sitk.Image, patient: str, f
         filled = np.zeros((size[1], size[0]), dtype=bool)
         filled[rr, cc] = True
         mask[k] ^= filled
+        edges.setdefault(k, []).append(index[:, :2])
+    for k, polygons in edges.items():        # after all XORs of the slice: boundary pixels are structure
+        for xy in polygons:
+            rr, cc = _pixels_on_polygon(xy, (size[1], size[0]))
+            mask[k, rr, cc] = True
     return mask, outside
+
+
+def _pixels_on_polygon(xy: np.ndarray, shape) -> tuple:
+    """Pixels (rows, cols) whose centres lie on the closed polygon ``xy`` (x = column, y = row), within 1e-3 px."""
+    rows, cols = [], []
+    for p0, p1 in zip(xy, np.roll(xy, -1, axis=0)):
+        r, c = line(int(round(p0[1])), int(round(p0[0])), int(round(p1[1])), int(round(p1[0])))
+        centres = np.stack([c, r], 1).astype(np.float64)
+        d = p1 - p0
+        length = np.hypot(*d)
+        if length < 1e-9:
+            on = np.hypot(*(centres - p0).T) < 1e-3
+        else:
+            t = (centres - p0) @ d / length ** 2
+            distance = np.abs(d[0] * (centres[:, 1] - p0[1]) - d[1] * (centres[:, 0] - p0[0])) / length
+            on = (distance < 1e-3) & (t >= -1e-9) & (t <= 1 + 1e-9)
+        inside = on & (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
+        rows.append(r[inside])
+        cols.append(c[inside])
+    return np.concatenate(rows), np.concatenate(cols)

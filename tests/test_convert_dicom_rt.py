@@ -1,0 +1,174 @@
+"""`convert dicom-rt`: CT series (pydicom) + RTSTRUCT from known masks (rt-utils) -> nnU-Net raw dataset."""
+import csv
+import glob
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from dicom_test_data import dice, ellipsoid, write_rtstruct, write_series
+from nnunet_prompt.clinical_text import read_sidecar
+from nnunet_prompt_datasets.case_model import ConvertOptions
+from nnunet_prompt_datasets.conversion_errors import ConversionError
+from nnunet_prompt_datasets.convert import convert_dataset
+
+SHAPE = (14, 56, 60)          # z, y, x
+# In-plane pixels are square: rt-utils 1.2.7 multiplies the column index by PixelSpacing[0] (the row spacing),
+# against DICOM PS3.3 C.7.6.2.1.1, so its contours are only right for square pixels.
+SPACING = (0.8, 0.8, 2.5)     # x, y, z in mm
+
+
+def known_masks():
+    gtv = ellipsoid(SHAPE, (6, 28, 24), (4.6, 15, 14))
+    gtv &= ~ellipsoid(SHAPE, (6, 28, 24), (1.6, 5, 5))                       # a cavity: holes on slices 5-7
+    parotid = ellipsoid(SHAPE, (8, 26, 47), (3.4, 10, 8))                     # slices 5-11 only
+    body = ellipsoid(SHAPE, (7, 28, 30), (7.5, 27, 29))
+    return {"GTV_P": gtv, "Parotid Lt": parotid, "BODY": body}
+
+
+def make_patient(root, patient_id, name=None, **series_kwargs):
+    folder = os.path.join(root, name or patient_id)
+    rng = np.random.default_rng(1)
+    masks = known_masks()
+    ct = (rng.normal(0, 20, SHAPE) + 40 * masks["BODY"] + 60 * masks["GTV_P"] - 1000 * ~masks["BODY"]).astype(np.int16)
+    write_series(os.path.join(folder, "CT"), ct, SPACING, (-20.0, -30.0, 100.0), patient_id, **series_kwargs)
+    write_rtstruct(os.path.join(folder, "CT"), os.path.join(folder, "RTSTRUCT.dcm"), masks)
+    return folder, masks
+
+
+def tree_digest(folder):
+    h = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(folder, "**", "*"), recursive=True)):
+        if os.path.isfile(path):
+            h.update(path.encode())
+            h.update(open(path, "rb").read())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dicom_source")
+    make_patient(str(root), "HN-001")
+    make_patient(str(root), "HN-002")
+    return str(root)
+
+
+def no_partial_output(raw, dataset_id):
+    """Neither the failed target nor a temporary folder is left behind."""
+    return not os.path.exists(raw) or not [p for p in os.listdir(raw) if p.startswith((".tmp", f"Dataset{dataset_id}"))]
+
+
+def test_converted_labels_match_known_masks(source, tmp_path):
+    raw = str(tmp_path / "raw")
+    table = tmp_path / "clinical.csv"
+    table.write_text("patient_id,laterality,T,N,M,surgery\nHN-001,left,T2,N1,M0,none\nHN-002,right,T3,N0,M0,neck dissection\n")
+    before = tree_digest(source)
+    out = convert_dataset("dicom-rt", source, 501, "RT", raw, ConvertOptions(), clinical=str(table))
+    assert tree_digest(source) == before, "the source must not change"
+    import json
+    dj = json.load(open(os.path.join(out, "dataset.json")))
+    assert dj["labels"]["GTVp"] == 1 and dj["labels"]["Parotid_L"] == 6 and dj["numTraining"] == 2
+    assert dj["channel_names"] == {"0": "CT"}
+    label = sitk.ReadImage(os.path.join(out, "labelsTr", "HN-001.nii.gz"))
+    image = sitk.ReadImage(os.path.join(out, "imagesTr", "HN-001_0000.nii.gz"))
+    assert np.allclose(label.GetSpacing(), SPACING) and np.allclose(label.GetOrigin(), (-20, -30, 100))
+    arr = sitk.GetArrayFromImage(label)
+    assert sitk.GetArrayFromImage(image).shape == SHAPE
+    masks = known_masks()
+    for name, value in (("GTV_P", 1), ("Parotid Lt", 6)):
+        got = arr == value
+        assert dice(got, masks[name]) >= 0.98, (name, dice(got, masks[name]))
+        # every contour on the right slice: the same slices hold the structure
+        assert (got.sum((1, 2)) > 0).tolist() == (masks[name].sum((1, 2)) > 0).tolist()
+    cavity = ellipsoid(SHAPE, (6, 28, 24), (1.6, 5, 5))
+    assert cavity.sum() > 50 and (arr[cavity] == 0).mean() > 0.95, "the hole must stay a hole"
+    rows = list(csv.DictReader(open(os.path.join(out, "conversion_report", "HN-001.csv"))))
+    status = {(r["structure"], r["status"]) for r in rows}
+    assert ("BODY", "unmapped") in status and ("GTV_P", "mapped") in status
+    assert any(r["status"] == "missing" and r["label"] == "Brainstem" for r in rows)
+    sidecar = read_sidecar(out)
+    assert sidecar["HN-001"]["text"].startswith("Left-sided tumour, cT2N1M0.")
+    assert "Neck dissection" in sidecar["HN-002"]["text"] or "neck dissection" in sidecar["HN-002"]["text"]
+    # idempotent: refused without --overwrite, identical with it
+    with pytest.raises(ConversionError, match="exists already"):
+        convert_dataset("dicom-rt", source, 501, "RT", raw, ConvertOptions())
+    first = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "labelsTr", "HN-002.nii.gz")))
+    convert_dataset("dicom-rt", source, 501, "RT", raw, ConvertOptions(), clinical=str(table), overwrite=True, num_processes=2)
+    again = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "labelsTr", "HN-002.nii.gz")))
+    assert np.array_equal(first, again)
+    assert sorted(os.listdir(raw)) == ["Dataset501_RT"]
+
+
+def test_strict_refuses_unmapped_names(source, tmp_path):
+    raw = str(tmp_path / "raw")
+    with pytest.raises(ConversionError, match=r"patient 'HN-001'.*RTSTRUCT.dcm.*'BODY'.*structure-map"):
+        convert_dataset("dicom-rt", source, 502, "RT", raw, ConvertOptions(strict=True))
+    assert no_partial_output(raw, 502)
+
+
+def expect_error(src, raw, pattern, **options):
+    with pytest.raises(ConversionError, match=pattern):
+        convert_dataset("dicom-rt", src, 503, "Bad", raw, ConvertOptions(**options))
+    assert no_partial_output(raw, 503)
+
+
+def test_bad_inputs_give_one_clear_message(source, tmp_path):
+    raw = str(tmp_path / "raw")
+    # duplicate patient ids: the same patient copied under another folder name
+    dup = tmp_path / "dup"
+    shutil.copytree(os.path.join(source, "HN-001"), dup / "HN-001")
+    shutil.copytree(os.path.join(source, "HN-001"), dup / "HN-001-copy")
+    expect_error(str(dup), raw, r"patient 'HN-001'.*duplicate patient id")
+    # missing referenced series: CT files gone
+    missing = tmp_path / "missing"
+    shutil.copytree(os.path.join(source, "HN-002"), missing / "HN-002")
+    shutil.rmtree(missing / "HN-002" / "CT")
+    expect_error(str(missing), raw, r"patient 'HN-002', file '.*RTSTRUCT.dcm'.*series the RTSTRUCT references .* is not in the patient folder")
+    # inconsistent slice spacing: one slice removed from the middle
+    gap = tmp_path / "gap"
+    shutil.copytree(os.path.join(source, "HN-002"), gap / "HN-002")
+    for f in glob.glob(str(gap / "HN-002" / "CT" / "*.dcm")):
+        if int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber) == 7:
+            os.remove(f)
+    expect_error(str(gap), raw, r"patient 'HN-002', file '.*\.dcm'.*inconsistent slice spacing")
+    # an empty structure: the contours of a mapped ROI removed (with pydicom)
+    empty = tmp_path / "empty"
+    shutil.copytree(os.path.join(source, "HN-002"), empty / "HN-002")
+    rt_path = str(empty / "HN-002" / "RTSTRUCT.dcm")
+    ds = pydicom.dcmread(rt_path)
+    number = next(r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == "Parotid Lt")
+    for roi in ds.ROIContourSequence:
+        if roi.ReferencedROINumber == number:
+            del roi.ContourSequence
+    ds.save_as(rt_path)
+    expect_error(str(empty), raw, r"patient 'HN-002', file '.*RTSTRUCT.dcm'.*'Parotid Lt'.*empty")
+    # non-orthonormal orientation
+    shear = tmp_path / "shear"
+    make_patient(str(shear), "HN-009")
+    for f in glob.glob(str(shear / "HN-009" / "CT" / "*.dcm")):
+        d = pydicom.dcmread(f)
+        d.ImageOrientationPatient = [1, 0, 0, 0.2, 0.98, 0]
+        d.save_as(f)
+    expect_error(str(shear), raw, r"patient 'HN-009', file '.*\.dcm'.*not orthonormal")
+
+
+def test_oblique_and_tilted_series_are_refused_unless_resampling(tmp_path):
+    raw = str(tmp_path / "raw")
+    c, s = np.cos(0.3), np.sin(0.3)
+    oblique = tmp_path / "oblique"
+    make_patient(str(oblique), "OBL-1", orientation=(c, s, 0, -s, c, 0))
+    expect_error(str(oblique), raw, r"patient 'OBL-1'.*oblique.*--resample-oblique")
+    out = convert_dataset("dicom-rt", str(oblique), 504, "Obl", raw, ConvertOptions(resample_oblique=True))
+    label = sitk.ReadImage(os.path.join(out, "labelsTr", "OBL-1.nii.gz"))
+    assert np.allclose(label.GetDirection(), np.eye(3).ravel())
+    arr = sitk.GetArrayFromImage(label)
+    # the resampled GTV keeps its volume (nearest neighbour onto a grid of the same spacing)
+    expected = known_masks()["GTV_P"].sum()
+    assert abs((arr == 1).sum() - expected) / expected < 0.05
+    tilted = tmp_path / "tilted"
+    make_patient(str(tilted), "TILT-1", tilt_mm_per_slice=0.7)
+    expect_error(str(tilted), raw, r"patient 'TILT-1'.*gantry-tilted.*--resample-oblique")
