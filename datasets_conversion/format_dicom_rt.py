@@ -74,10 +74,12 @@ def load_case(case: CaseRef, options: ConvertOptions) -> LoadedCase:
         raise ConversionError(f"the RTSTRUCT references a {series_modality(ct_headers)} series, not a CT.", pid, rt_path,
                               "this format expects contours drawn on the planning CT.")
     ct = read_series(ct_headers, pid, options.resample_oblique)
-    structures = {name: (_mask_image(rasterise(c, ct, pid, rt_path, name), ct), rt_path) for name, (c) in contours.items()}
-    notes = [f"{name}: {n_out} contour(s) outside the CT field of view were dropped"
-             for name, c in contours.items() for n_out in [structures[name][0].outside] if n_out]
-    structures = {k: (v[0].image, v[1]) for k, v in structures.items()}
+    structures, notes = {}, []
+    for name, roi_contours in contours.items():
+        mask, outside = rasterise(roi_contours, ct, pid, rt_path, name)
+        structures[name] = (_mask_image(mask, ct), rt_path)
+        if outside:
+            notes.append(f"{name}: {outside} contour(s) outside the CT field of view were dropped")
     images = [("CT", ct, ct_headers[0][0])]
     frame = str(getattr(ct_headers[0][1], "FrameOfReferenceUID", ""))
     kinds = {}
@@ -110,16 +112,10 @@ def load_case(case: CaseRef, options: ConvertOptions) -> LoadedCase:
     return LoadedCase(images=images, structures=structures, notes=notes)
 
 
-class _Mask:
-    def __init__(self, image, outside):
-        self.image, self.outside = image, outside
-
-
-def _mask_image(result, reference: sitk.Image) -> _Mask:
-    mask, outside = result
+def _mask_image(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.CopyInformation(reference)
-    return _Mask(image, outside)
+    return image
 
 
 def _axis_aligned(image: sitk.Image) -> bool:

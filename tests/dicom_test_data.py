@@ -8,6 +8,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PET_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+STORAGE = {"CT": CT_STORAGE, "PT": PET_STORAGE, "MR": MR_STORAGE}
 
 
 def write_series(folder, volume_zyx, spacing_xyz, origin, patient_id, orientation=(1, 0, 0, 0, 1, 0),
@@ -20,7 +22,7 @@ def write_series(folder, volume_zyx, spacing_xyz, origin, patient_id, orientatio
     order = np.random.default_rng(0).permutation(volume_zyx.shape[0])
     for k in range(volume_zyx.shape[0]):
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_STORAGE if modality == "CT" else PET_STORAGE
+        meta.MediaStorageSOPClassUID = STORAGE[modality]
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
@@ -42,6 +44,10 @@ def write_series(folder, volume_zyx, spacing_xyz, origin, patient_id, orientatio
         ds.RescaleIntercept, ds.RescaleSlope = 0, 1
         for key, value in (extra or {}).items():
             setattr(ds, key, value)
+        if modality == "PT":
+            info = pydicom.Dataset()
+            info.RadionuclideTotalDose, info.RadionuclideHalfLife, info.RadiopharmaceuticalStartTime = "370000000", "6586.2", "100000"
+            ds.RadiopharmaceuticalInformationSequence = pydicom.Sequence([info])
         ds.PixelData = volume_zyx[k].astype(np.int16).tobytes()
         ds.save_as(os.path.join(folder, f"img_{order[k]:03d}.dcm"), enforce_file_format=True)
     return series_uid, frame_uid

@@ -172,3 +172,76 @@ def test_oblique_and_tilted_series_are_refused_unless_resampling(tmp_path):
     tilted = tmp_path / "tilted"
     make_patient(str(tilted), "TILT-1", tilt_mm_per_slice=0.7)
     expect_error(str(tilted), raw, r"patient 'TILT-1'.*gantry-tilted.*--resample-oblique")
+
+
+def test_pet_and_mr_series_are_resampled_onto_the_ct(tmp_path):
+    raw = str(tmp_path / "raw")
+    root = tmp_path / "mm"
+    folder, masks = make_patient(str(root), "MM-1")
+    frame = pydicom.dcmread(glob.glob(os.path.join(folder, "CT", "*.dcm"))[0]).FrameOfReferenceUID
+    # PET in Bq/ml on a coarser grid, stored with RescaleSlope 2; injected 1 h before the series start
+    weight, dose, half_life, suv = 70.0, 3.7e8, 6586.2, 2.5
+    activity = suv * dose * 2 ** (-3600 / half_life) / (weight * 1000)          # Bq/ml giving SUVbw 2.5
+    pet = np.full((8, 20, 22), activity / 2.0, np.float32).round().astype(np.int16)
+    write_series(os.path.join(folder, "PET"), pet, (2.4, 2.4, 5.0), (-22.0, -32.0, 97.5), "MM-1", modality="PT",
+                 frame_uid=frame, extra={"Units": "BQML", "PatientWeight": weight, "DecayCorrection": "START",
+                                         "RescaleSlope": 2})
+    expected_suv = float(pet[0, 0, 0]) * 2 * weight * 1000 / (dose * 2 ** (-3600 / half_life))
+    # a contour beyond the last CT slice, added with pydicom: dropped and reported
+    rt_path = os.path.join(folder, "RTSTRUCT.dcm")
+    ds = pydicom.dcmread(rt_path)
+    roi = next(r for r in ds.ROIContourSequence if r.ReferencedROINumber ==
+               next(s.ROINumber for s in ds.StructureSetROISequence if s.ROIName == "GTV_P"))
+    extra = pydicom.Dataset()
+    extra.ContourGeometricType, extra.NumberOfContourPoints = "CLOSED_PLANAR", 3
+    extra.ContourData = [0.0, 0.0, 200.0, 5.0, 0.0, 200.0, 0.0, 5.0, 200.0]
+    roi.ContourSequence.append(extra)
+    ds.save_as(rt_path)
+    out = convert_dataset("dicom-rt", str(root), 505, "MM", raw)
+    import json
+    dj = json.load(open(os.path.join(out, "dataset.json")))
+    assert dj["channel_names"] == {"0": "CT", "1": "CT"} and dj["channel_modalities"] == ["CT", "PET"]
+    pet_out = sitk.ReadImage(os.path.join(out, "imagesTr", "MM-1_0001.nii.gz"))
+    assert pet_out.GetSize() == SHAPE[::-1]
+    assert np.allclose(sitk.GetArrayFromImage(pet_out)[2:-2, 4:-4, 4:-4], expected_suv, rtol=1e-4)
+    assert abs(expected_suv - 2.5) < 0.01
+    rows = list(csv.DictReader(open(os.path.join(out, "conversion_report", "MM-1.csv"))))
+    assert any(r["status"] == "note" and "GTV_P: 1 contour(s) outside" in r["note"] for r in rows)
+    label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "labelsTr", "MM-1.nii.gz")))
+    assert dice(label == 1, masks["GTV_P"]) >= 0.98
+    # RGB fusion of the same patient: G = PET clipped to 0-6 SUV, rescaled to 0-255
+    out = convert_dataset("dicom-rt", str(root), 506, "MMRGB", raw, ConvertOptions(rgb_fusion=True))
+    green = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "imagesTr", "MM-1_0001.nii.gz")))
+    assert np.allclose(green[2:-2, 4:-4, 4:-4], expected_suv / 6 * 255, rtol=1e-4)
+    # an MR series in another frame of reference cannot simply be resampled
+    write_series(os.path.join(folder, "MR"), np.zeros((6, 20, 20), np.int16), (2.0, 2.0, 4.0), (-20.0, -30.0, 100.0),
+                 "MM-1", modality="MR", extra={"SeriesDescription": "T1 axial"})
+    expect_error(str(root), raw, r"patient 'MM-1', file '.*MR.*\.dcm'.*MR_T1 series has another frame of reference")
+
+
+def test_gantry_tilt_is_undone_with_resample_oblique(tmp_path):
+    """A rod parallel to the patient axis, scanned with slices shifted by one pixel row each (tilt): after
+    --resample-oblique the rod lies on the same rows in every slice."""
+    raw = str(tmp_path / "raw")
+    folder = tmp_path / "tilt" / "TILT-2"
+    shape, spacing, tilt = (8, 40, 30), (0.8, 0.8, 2.5), 0.8
+    ct = np.full(shape, -1000, np.int16)
+    for k in range(shape[0]):
+        ct[k, 20 - k:24 - k, 10:14] = 500          # row index falls as the slice origin moves +0.8 mm in y
+    write_series(str(folder / "CT"), ct, spacing, (0.0, 0.0, 0.0), "TILT-2", tilt_mm_per_slice=tilt)
+    rod = np.zeros(shape, bool)
+    rod[:, 20:24, 10:14] = True                    # where the rod lies on the un-sheared grid
+    # rt-utils ignores the tilt when it places contours, so the contour points are rewritten with pydicom to the
+    # rod's true outline (pixel centres x 8.0-10.4 mm, y 16.0-18.4 mm) on each slice
+    write_rtstruct(str(folder / "CT"), str(folder / "RTSTRUCT.dcm"), {"GTVp": ct > 0})
+    ds = pydicom.dcmread(str(folder / "RTSTRUCT.dcm"))
+    for contour in ds.ROIContourSequence[0].ContourSequence:
+        z = round(float(contour.ContourData[2]) / 2.5) * 2.5
+        contour.ContourData = [8.0, 16.0, z, 10.4, 16.0, z, 10.4, 18.4, z, 8.0, 18.4, z]
+        contour.NumberOfContourPoints = 4
+    ds.save_as(str(folder / "RTSTRUCT.dcm"))
+    out = convert_dataset("dicom-rt", str(tmp_path / "tilt"), 507, "Tilt", raw, ConvertOptions(resample_oblique=True))
+    image = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "imagesTr", "TILT-2_0000.nii.gz")))
+    assert np.allclose(image[rod], 500) and (image[~rod] < 0).all()
+    label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "labelsTr", "TILT-2.nii.gz")))
+    assert np.array_equal(label == 1, rod)

@@ -105,6 +105,9 @@ def test_hecktor_layout_and_bad_label_values(tmp_path):
     dj = labels_of(out)
     assert dj["labels"] == {"background": 0, "GTVp": 1, "GTVn": 2}
     assert dj["channel_names"] == {"0": "CT", "1": "CT"} and dj["channel_modalities"] == ["CT", "PET"]
+    from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization
+    from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme
+    assert get_normalization_scheme(dj["channel_names"]["1"]) is CTNormalization     # PET in SUV: see channels.py
     pet = sitk.ReadImage(os.path.join(out, "imagesTr", "CHUM-001_0001.nii.gz"))
     assert pet.GetSize() == (20, 24, 10) and np.allclose(sitk.GetArrayFromImage(pet)[1:-2, 1:-2, 1:-2], 2.5)
     assert set(np.unique(read(os.path.join(out, "labelsTr", "CHUP-002.nii.gz")))) == {0, 1, 2}
