@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import yaml
 
@@ -86,16 +86,6 @@ class StructureMap:
             except yaml.YAMLError as e:
                 raise ConversionError(f"structure map is not valid YAML ({e}).", file=path, fix="correct the YAML.") from None
         return cls.from_dict(data, path)
-
-    def restricted_to(self, names: Sequence[str]) -> "StructureMap":
-        """The map with only ``names`` kept, renumbered 1..N in map order (for --labels)."""
-        keep = [n for n in self.names if n in set(names)]
-        missing = sorted(set(names) - set(keep))
-        if missing:
-            raise ConversionError(f"labels {missing} are not in the structure map.", file=self.source,
-                                  fix=f"choose from {self.names}.")
-        return StructureMap({n: i for i, n in enumerate(keep, start=1)}, {n: self.aliases[n] for n in keep},
-                            [p for p in self.priority if p in keep], self.source)
 
 
 def identity_map(names, source: str) -> StructureMap:

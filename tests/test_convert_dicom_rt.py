@@ -106,7 +106,7 @@ def test_converted_labels_match_known_masks(source, tmp_path):
 def test_strict_refuses_unmapped_names(source, tmp_path):
     raw = str(tmp_path / "raw")
     with pytest.raises(ConversionError, match=r"patient 'HN-001'.*RTSTRUCT.dcm.*'BODY'.*structure-map"):
-        convert_dataset("dicom-rt", source, 502, "RT", raw, ConvertOptions(strict=True))
+        convert_dataset("dicom-rt", source, 502, "RT", raw, ConvertOptions(strict=True), num_processes=2)
     assert no_partial_output(raw, 502)
 
 
