@@ -87,6 +87,9 @@ def convert_case(format_name: str, case: CaseRef, options: ConvertOptions, smap:
     fmt = format_module(format_name)
     loaded = fmt.load_case(case, options)
     modalities = [m for m, _, _ in loaded.images]
+    if options.rgb_fusion and "CT" not in modalities:
+        raise ConversionError(f"--rgb-fusion needs a CT image; this case has {modalities}.", case.case_id, case.source,
+                              "convert without --rgb-fusion.")
     reference = loaded.images[0][1]
     arrays = {}
     for modality, image, file in loaded.images:

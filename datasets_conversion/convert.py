@@ -145,8 +145,6 @@ def convert_dataset(format_name: str, source: str, dataset_id: int, name: str, r
             if r["modalities"] != modalities:
                 raise ConversionError(f"has modalities {r['modalities']}, other patients {modalities}.", r["case_id"],
                                       fix="give every patient the same images (nnU-Net needs the same channels per case).")
-        if options.rgb_fusion and "CT" not in modalities:
-            raise ConversionError("--rgb-fusion needs a CT image.", fix="convert without --rgb-fusion.")
         regions_class_order = None
         if options.overlap == "regions" and any(r["codes"] for r in results):
             regions, regions_class_order = _relabel_regions(tmp, [c.case_id for c in cases], smap.names)

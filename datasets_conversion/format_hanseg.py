@@ -7,6 +7,7 @@ from typing import List
 
 from nnunet_prompt_datasets.format_layouts import LAYOUTS
 from nnunet_prompt_datasets.case_model import CaseRef, ConvertOptions, LoadedCase
+from nnunet_prompt_datasets.conversion_errors import ConversionError
 from nnunet_prompt_datasets.image_io import read_image
 from nnunet_prompt_datasets.mask_files import map_or_identity, read_masks
 
@@ -29,6 +30,9 @@ def structure_map(cases, options):
 
 
 def load_case(case: CaseRef, options: ConvertOptions) -> LoadedCase:
+    if not os.path.isfile(case.files["mr"]):
+        raise ConversionError("missing the T1 MR image.", case.case_id, case.files["mr"],
+                              "every HaN-Seg case has CT and MR_T1; restore the file.")
     images = [("CT", read_image(case.files["ct"], case.case_id), case.files["ct"]),
               ("MR_T1", read_image(case.files["mr"], case.case_id), case.files["mr"])]
     return LoadedCase(images=images, structures=read_masks(case.files["masks"], case.case_id),
