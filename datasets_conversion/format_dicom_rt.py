@@ -62,7 +62,7 @@ def load_case(case: CaseRef, options: ConvertOptions) -> LoadedCase:
         raise ConversionError(f"several RTSTRUCTs found: {index['rtstructs']}.", pid, case.source,
                               "keep the one approved structure set per patient folder.")
     rt_path = index["rtstructs"][0]
-    ds, contours = read_contours(rt_path, pid)
+    ds, contours, roi_names = read_contours(rt_path, pid)
     series_uid, sop_uids = referenced_series_uid(ds, pid, rt_path)
     if series_uid is None and sop_uids:     # some TPSs only list the referenced images
         series_uid = next((uid for uid, h in index["series"].items() if {str(d.SOPInstanceUID) for _, d in h} & set(sop_uids)), None)
@@ -74,12 +74,14 @@ def load_case(case: CaseRef, options: ConvertOptions) -> LoadedCase:
         raise ConversionError(f"the RTSTRUCT references a {series_modality(ct_headers)} series, not a CT.", pid, rt_path,
                               "this format expects contours drawn on the planning CT.")
     ct = read_series(ct_headers, pid, options.resample_oblique)
-    structures, notes = {}, []
-    for name, roi_contours in contours.items():
+    masks, notes = {}, []
+    for number, roi_contours in contours.items():
+        name = roi_names[number]
         mask, outside = rasterise(roi_contours, ct, pid, rt_path, name)
-        structures[name] = (_mask_image(mask, ct), rt_path)
+        masks[name] = masks[name] | mask if name in masks else mask     # ROIs sharing a name are united
         if outside:
             notes.append(f"{name}: {outside} contour(s) outside the CT field of view were dropped")
+    structures = {name: (_mask_image(mask, ct), rt_path) for name, mask in masks.items()}
     images = [("CT", ct, ct_headers[0][0])]
     frame = str(getattr(ct_headers[0][1], "FrameOfReferenceUID", ""))
     kinds = {}

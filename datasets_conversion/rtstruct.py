@@ -38,11 +38,12 @@ def referenced_series_uid(ds, patient: str, path: str) -> Tuple[Optional[str], L
     return series_uid, sop_uids
 
 
-def read_contours(path: str, patient: str) -> Tuple[object, Dict[str, List[np.ndarray]]]:
-    """The dataset and {ROI name: [N x 3 contour points in mm]} (closed planar contours only)."""
+def read_contours(path: str, patient: str) -> Tuple[object, Dict[int, List[np.ndarray]], Dict[int, str]]:
+    """The dataset, {ROI number: [N x 3 contour points in mm]} (closed planar contours only) and {ROI number: name}.
+    Keyed by number: two ROIs may share a name, and their contours must not be XOR-ed with each other."""
     ds = pydicom.dcmread(path)
     names = {int(r.ROINumber): str(r.ROIName).strip() for r in getattr(ds, "StructureSetROISequence", [])}
-    contours: Dict[str, List[np.ndarray]] = {name: [] for name in names.values()}
+    contours: Dict[int, List[np.ndarray]] = {number: [] for number in names}
     for roi in getattr(ds, "ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
         if number not in names:
@@ -53,8 +54,8 @@ def read_contours(path: str, patient: str) -> Tuple[object, Dict[str, List[np.nd
                 continue      # POINT / OPEN_PLANAR contours enclose no volume
             points = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64).reshape(-1, 3)
             if len(points) >= 3:
-                contours[names[number]].append(points)
-    return ds, contours
+                contours[number].append(points)
+    return ds, contours, names
 
 
 def rasterise(contours: List[np.ndarray], reference: sitk.Image, patient: str, file: str, name: str) -> Tuple[np.ndarray, int]:
