@@ -245,3 +245,43 @@ def test_gantry_tilt_is_undone_with_resample_oblique(tmp_path):
     assert np.allclose(image[rod], 500) and (image[~rod] < 0).all()
     label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "labelsTr", "TILT-2.nii.gz")))
     assert np.array_equal(label == 1, rod)
+
+
+def test_mr_series_and_a_contour_partly_outside_the_image(tmp_path):
+    import copy
+    raw = str(tmp_path / "raw")
+    root = tmp_path / "mr"
+    folder, masks = make_patient(str(root), "MR-1")
+    frame = pydicom.dcmread(glob.glob(os.path.join(folder, "CT", "*.dcm"))[0]).FrameOfReferenceUID
+    for kind, value in (("T1", 100), ("T2", 300)):      # same frame of reference, another grid
+        write_series(os.path.join(folder, kind), np.full((7, 28, 30), value, np.int16), (1.6, 1.6, 5.0),
+                     (-20.4, -30.4, 98.75), "MR-1", modality="MR", frame_uid=frame,
+                     extra={"SeriesDescription": f"{kind} TSE axial"})
+    # a new ROI (pydicom) whose square contour on one slice runs past the image's left edge (x < -20 mm)
+    rt_path = os.path.join(folder, "RTSTRUCT.dcm")
+    ds = pydicom.dcmread(rt_path)
+    roi_set, roi_contour = copy.deepcopy(ds.StructureSetROISequence[0]), copy.deepcopy(ds.ROIContourSequence[0])
+    roi_set.ROINumber, roi_set.ROIName, roi_contour.ReferencedROINumber = 99, "GTVn", 99
+    contour = roi_contour.ContourSequence[0]
+    z = 100.0 + 4 * 2.5                                  # slice index 4
+    contour.ContourData = [-30.0, -20.4, z, -12.0, -20.4, z, -12.0, -12.4, z, -30.0, -12.4, z]   # centres: x <= 10, rows 12-22
+    contour.NumberOfContourPoints = 4
+    roi_contour.ContourSequence = pydicom.Sequence([contour])
+    ds.StructureSetROISequence.append(roi_set)
+    ds.ROIContourSequence.append(roi_contour)
+    ds.save_as(rt_path)
+    out = convert_dataset("dicom-rt", str(root), 508, "MR", raw)
+    import json
+    dj = json.load(open(os.path.join(out, "dataset.json")))
+    assert dj["channel_modalities"] == ["CT", "MR_T1", "MR_T2"] and dj["channel_names"] == {"0": "CT", "1": "T1", "2": "T2"}
+    t2 = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "imagesTr", "MR-1_0002.nii.gz")))
+    assert t2.shape == SHAPE and np.allclose(t2[2:-2, 2:-2, 2:-2], 300)
+    label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "labelsTr", "MR-1.nii.gz")))
+    gtvn = label == dj["labels"]["GTVn"]
+    # clipped at x index 0: columns 0..10 (x = -20 .. -12 mm), rows 12..22 (y = -20.4 .. -12.4 mm), slice 4 only
+    expected = np.zeros(SHAPE, bool)
+    expected[4, 12:23, 0:11] = True
+    assert np.array_equal(gtvn, expected & ~(label == 1))      # GTVp wins where they overlap (priority)
+    fused = convert_dataset("dicom-rt", str(root), 509, "MRRGB", raw, ConvertOptions(rgb_fusion=True))
+    blue = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(fused, "imagesTr", "MR-1_0002.nii.gz")))
+    assert blue.shape == SHAPE and 0 <= blue.min() and blue.max() <= 255
