@@ -8,7 +8,7 @@ PYTHON ?= python3
 # machines' local disk and installs offline-fast. It is a CUDA build and also runs on CPU.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-SOURCES := setup.py $(shell find nnunet_prompt trainers planners datasets_conversion -name '*.py' -o -name '*.json' 2>/dev/null)
+SOURCES := setup.py $(shell find nnunet_prompt trainers planners datasets_conversion -name '*.py' -o -name '*.json' -o -name '*.yaml' 2>/dev/null)
 
 $(VENV)/.installed: $(SOURCES)
 	$(PYTHON) -m venv $(VENV)

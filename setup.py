@@ -27,7 +27,8 @@ setup(
         "nnunet_prompt_planners": "planners",
         "nnunet_prompt_datasets": "datasets_conversion",
     },
-    package_data={"nnunet_prompt.prompts": ["prompts.schema.json"]},
+    package_data={"nnunet_prompt.prompts": ["prompts.schema.json"],
+                  "nnunet_prompt_datasets": ["default_structure_map.yaml"]},
     install_requires=[
         "nnunetv2>=2.8,<2.9",
         "torch>=2.1.2",
@@ -41,7 +42,10 @@ setup(
         "transformers",
         "peft",
         "monai>=1.4",
+        "pydicom>=2.4",
+        "pyyaml",
+        "scikit-image",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "rt-utils", "nibabel"]},
     entry_points={"console_scripts": ["nnunet-prompt=nnunet_prompt.cli:main"]},
 )

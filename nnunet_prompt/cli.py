@@ -117,6 +117,28 @@ def _cmd_compare(a) -> None:
     print(f"written: {out}/report.md, compare.json, compare_boxplots.png")
 
 
+def _cmd_convert(a) -> None:
+    from nnunet_prompt.nnunet_env import require_folders
+    from nnunet_prompt_datasets.case_model import ConvertOptions
+    from nnunet_prompt_datasets.convert import convert_dataset
+    require_folders("nnUNet_raw")
+    options = ConvertOptions(structure_map=a.structure_map, strict=a.strict, overlap=a.overlap, rgb_fusion=a.rgb_fusion,
+                             resample_oblique=a.resample_oblique, modalities=tuple(a.modalities or ()))
+    out = convert_dataset(a.format, a.source, a.dataset_id, a.name, os.environ["nnUNet_raw"], options, a.clinical,
+                          a.np, a.overwrite)
+    print(f"written: {out} (per-patient structure reports in {out}/conversion_report/); next: "
+          f"nnUNetv2_plan_and_preprocess -d {a.dataset_id} -c 3d_fullres")
+
+
+def _convert_help() -> str:
+    from nnunet_prompt_datasets.format_layouts import LAYOUTS
+    text = "Expected input layout per format:\n\n"
+    for name, layout in LAYOUTS.items():
+        text += f"{name}:\n  " + layout.replace("\n", "\n  ") + "\n\n"
+    return text + ("Writes $nnUNet_raw/DatasetNNN_NAME atomically (temporary folder, renamed at the end, after nnU-Net's "
+                   "integrity check). An existing target is refused unless --overwrite. See docs/conversion.md.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet-prompt", description="Prompted segmentation on top of nnU-Net v2. "
                                 "Train with nnU-Net's own command after `export nnUNet_extTrainer=$(nnunet-prompt "
@@ -201,6 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-nps", type=int, default=1)
     s.add_argument("-device", default="cuda", choices=["cuda", "cpu"])
     s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("convert", help="convert clinical (DICOM RT) or public datasets into an nnU-Net raw dataset",
+                       description="Convert SOURCE into $nnUNet_raw/DatasetNNN_NAME, ready for nnUNetv2_plan_and_preprocess.",
+                       epilog=_convert_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("format", choices=list(__import__("nnunet_prompt_datasets.format_layouts", fromlist=["LAYOUTS"]).LAYOUTS))
+    s.add_argument("source", help="the dataset's top folder (only read, never modified)")
+    s.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id (1-999)")
+    s.add_argument("--name", required=True, help="dataset name: DatasetNNN_NAME")
+    s.add_argument("--structure-map", default=None, help="YAML: label -> aliases/regular expressions (default: the "
+                   "shipped radiotherapy map for dicom-rt/folder, the dataset's own names for public datasets)")
+    s.add_argument("--strict", action="store_true", help="an unmapped structure name is an error (default: reported)")
+    s.add_argument("--overlap", choices=["priority", "regions"], default="priority",
+                   help="overlapping structures: the map's priority order wins (default), or nnU-Net region labels")
+    s.add_argument("--clinical", default=None, help="CSV: patient id -> laterality, T, N, M, surgery, ... "
+                   "(writes the clinical text sidecar)")
+    s.add_argument("--rgb-fusion", action="store_true", help="write CT/PET/MR fused as 3 RGB channels (seed 002, SAM)")
+    s.add_argument("--resample-oblique", action="store_true",
+                   help="resample oblique or gantry-tilted DICOM series onto an axis-aligned grid instead of refusing them")
+    s.add_argument("--modalities", nargs="+", default=None, help="folder format: image file names per case (default: CT)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing target dataset")
+    s.add_argument("-np", type=int, default=1, help="patients converted in parallel (default: 1)")
+    s.set_defaults(func=_cmd_convert)
     return p
 
 
@@ -208,10 +252,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from nnunet_prompt.evaluation.evaluate_folder import EvaluationError
     from nnunet_prompt.nnunet_env import NnUNetEnvironmentError
     from nnunet_prompt.prompts.model import PromptError
+    from nnunet_prompt_datasets.conversion_errors import ConversionError
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (PromptError, NnUNetEnvironmentError, EvaluationError, FileNotFoundError) as e:
+    except (PromptError, NnUNetEnvironmentError, EvaluationError, FileNotFoundError, ConversionError) as e:
         print(f"nnunet-prompt: error: {e}", file=sys.stderr)
         raise SystemExit(2)
 
