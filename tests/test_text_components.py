@@ -17,7 +17,8 @@ TEXTS = ["Left-sided tumour, cT2N1M0.", "Right-sided tumour, cT1N0M0, no nodal i
 def test_language_model_frozen_and_outside_the_module_tree(tiny_bert):
     enc = TextPromptTuning(TextModelSpec.from_source(tiny_bert), num_groups=3, vectors_per_group=4)
     assert {n for n, _ in enc.named_parameters()} == {"prompt_vectors", "seg_embedding"}
-    assert set(enc.state_dict()) == {"prompt_vectors", "seg_embedding"}
+    assert set(enc.state_dict()) == {"prompt_vectors", "seg_embedding", "standardize.running_mean",
+                                     "standardize.running_var", "standardize.num_updates"}
     out = enc(TEXTS)
     assert out.shape == (2, 3, 32)
     out.square().sum().backward()
@@ -47,14 +48,16 @@ def test_eq1_layout_of_the_language_model_input(model, request):
     assert emb.shape[0] == 2 and int(attn[0].sum()) == len(ids) + 3 + 1
     for n in range(2):
         assert torch.allclose(emb[n, 0], table[ids[0]])                      # first special token
-        assert torch.allclose(emb[n, 1:4], enc.prompt_vectors[n])              # group n's vectors
+        assert torch.allclose(emb[n, 1:4], enc.scaled_prompt_vectors()[n])    # group n's vectors
         assert torch.allclose(emb[n, 4:4 + len(ids) - 1], table[ids[1:]])      # the text
-        assert torch.allclose(emb[n, len(ids) + 3], enc.seg_embedding)         # [SEG] last
+        assert torch.allclose(emb[n, len(ids) + 3], enc.scaled_seg_embedding())  # [SEG] last
 
 
 def test_groups_are_independent_and_padding_does_not_leak(tiny_bert):
     torch.manual_seed(0)
     enc = TextPromptTuning(TextModelSpec.from_source(tiny_bert), num_groups=3, vectors_per_group=4)
+    enc.calibrate(TEXTS + ["Left.", "Right."])
+    enc.eval()  # running statistics fixed
     with torch.no_grad():
         batch = enc(TEXTS)
         alone = enc(TEXTS[:1])
@@ -66,6 +69,24 @@ def test_groups_are_independent_and_padding_does_not_leak(tiny_bert):
     assert not torch.allclose(changed[:, 1], batch[:, 1])
 
 
+def test_standardization_turns_case_to_case_variation_into_the_signal():
+    enc = TextPromptTuning(TextModelSpec.from_source(DEFAULT_MODEL), num_groups=2, vectors_per_group=2)
+    texts = [f"{s}-sided tumour, cT{t}N{n}M0." for s in ("Left", "Right") for t in (1, 2) for n in (0, 1)]
+    raw = enc.encode(texts).detach()
+    assert ((raw - raw.mean(0)).norm() / raw.norm()) < 0.2   # the shared wording dominates the raw embeddings
+    enc.calibrate(texts)
+    enc.eval()
+    with torch.no_grad():
+        std = enc(texts)
+    assert torch.allclose(std.mean(0), torch.zeros_like(std[0]), atol=1e-4)
+    assert torch.allclose(std.var(0, unbiased=False).mean(), torch.tensor(1.0), atol=0.05)
+    # training batches move the running statistics; evaluation does not
+    before = enc.standardize.running_mean.clone()
+    enc.train()
+    enc(texts[:2])
+    assert not torch.equal(before, enc.standardize.running_mean)
+
+
 def test_default_minilm_loads_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(ENV_VAR, raising=False)
@@ -73,7 +94,7 @@ def test_default_minilm_loads_offline(monkeypatch):
     assert (spec.source, spec.model_type, spec.hidden_size) == (DEFAULT_MODEL, "bert", 384)
     enc = TextPromptTuning(spec, num_groups=2, vectors_per_group=2)
     with torch.no_grad():
-        left, right = enc(["Left-sided tumour.", "Right-sided tumour."])
+        left, right = enc.encode(["Left-sided tumour.", "Right-sided tumour."])
     assert left.shape == (2, 384) and not torch.allclose(left, right)
 
 

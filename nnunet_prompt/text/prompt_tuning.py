@@ -18,6 +18,10 @@ Why not ``peft``'s prompt tuning: peft prepends one block of virtual tokens in f
 (before [CLS]) and yields one output sequence per input. Eq. 1 puts the vectors after the first special
 token, uses N independent groups (one [SEG] output each) and reads the output at an appended [SEG]
 token; peft expresses none of these three, so the splice is done here on ``inputs_embeds``.
+
+The context embeddings are then standardised with running statistics over the training texts
+(``RunningStandardization``; why: see there). This is not in seed 004; it is what made the text's
+effect learnable in a few hundred steps here (tests/test_text_behaviour.py).
 """
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ import torch
 from torch import nn
 
 from nnunet_prompt.text.language_model import TextModelSpec, load_frozen_language_model
+from nnunet_prompt.text.standardization import RunningStandardization
+
+EMBEDDING_SCALE = 0.02  # std of BERT-like token embeddings
 
 
 class TextPromptTuning(nn.Module):
@@ -36,12 +43,24 @@ class TextPromptTuning(nn.Module):
         self.num_groups = int(num_groups)
         self.vectors_per_group = int(vectors_per_group)
         self.context_dim = spec.hidden_size
-        # randomly initialised as in seed 004; the scale of BERT's token embeddings (std ~0.02-0.05)
-        self.prompt_vectors = nn.Parameter(torch.randn(self.num_groups, self.vectors_per_group, spec.hidden_size) * 0.02)
-        self.seg_embedding = nn.Parameter(torch.randn(spec.hidden_size) * 0.02)
+        # Randomly initialised as in seed 004, at the scale of token embeddings (std EMBEDDING_SCALE). Stored in
+        # units of that scale, so an optimizer step moves them by ~EMBEDDING_SCALE x lr: at the image network's
+        # learning rate (AdamW 1e-3..3e-3) unscaled vectors jump by many embedding norms within a hundred steps,
+        # the language model's output keeps changing under the fusion layers, and the text's effect is learned
+        # and lost again (measured: tests/test_text_behaviour.py's task learned only with slow prompt vectors).
+        self.prompt_vectors = nn.Parameter(torch.randn(self.num_groups, self.vectors_per_group, spec.hidden_size))
+        self.seg_embedding = nn.Parameter(torch.randn(spec.hidden_size))
         self.__dict__["_language_model"] = None   # not a submodule: see module docstring
         self.__dict__["_tokenizer"] = None
         self._token_cache: Dict[str, Tuple[List[int], List[int]]] = {}
+        self.standardize = RunningStandardization(self.num_groups, spec.hidden_size)
+
+    def scaled_prompt_vectors(self) -> torch.Tensor:
+        """(N, M, D): the vectors v^n_m as the language model receives them."""
+        return self.prompt_vectors * EMBEDDING_SCALE
+
+    def scaled_seg_embedding(self) -> torch.Tensor:
+        return self.seg_embedding * EMBEDDING_SCALE
 
     # ---------------------------------------------------------------- model
     def _ensure_loaded(self, device: torch.device):
@@ -70,7 +89,16 @@ class TextPromptTuning(nn.Module):
 
     # -------------------------------------------------------------- forward
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        """texts: one string per sample -> context embeddings (B, N, D)."""
+        """texts: one string per sample -> standardised context embeddings (B, N, D)."""
+        return self.standardize(self.encode(texts))
+
+    @torch.no_grad()
+    def calibrate(self, texts: Sequence[str], chunk: int = 16) -> None:
+        """Start the running statistics from all training texts (instead of from the first batch)."""
+        g = torch.cat([self.encode(list(texts[i:i + chunk])) for i in range(0, len(texts), chunk)])
+        self.standardize.reset_from(g)
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
         device = self.prompt_vectors.device
         model = self._ensure_loaded(device)
         embed = model.get_input_embeddings()
@@ -79,9 +107,9 @@ class TextPromptTuning(nn.Module):
             head, rest = self.tokens(text)
             e_head = embed(torch.as_tensor(head, dtype=torch.long, device=device))
             e_rest = embed(torch.as_tensor(rest, dtype=torch.long, device=device))
+            vectors, seg = self.scaled_prompt_vectors(), self.scaled_seg_embedding()
             for n in range(self.num_groups):
-                seq = torch.cat([e_head, self.prompt_vectors[n].to(e_head.dtype), e_rest,
-                                 self.seg_embedding.to(e_head.dtype)[None]], 0)
+                seq = torch.cat([e_head, vectors[n].to(e_head.dtype), e_rest, seg.to(e_head.dtype)[None]], 0)
                 rows.append(seq)
                 lengths.append(seq.shape[0])
         longest = max(lengths)

@@ -102,6 +102,10 @@ class TextPromptTrainerBase(SideKeepingAugmentation, nnUNetTrainer):
         for k in list(tr_keys) + list(val_keys):
             self.entry(k)
         super().on_train_start()
+        encoder = self._network_module().context_encoder
+        standardize = getattr(encoder, "standardize", None)
+        if standardize is not None and int(standardize.num_updates) == 0:  # not when resuming with --c
+            encoder.calibrate(sorted({self.entry(k)["text"] for k in tr_keys}))
         if self.local_rank == 0:
             self.context_config.save(self.output_folder_base)  # inference rebuilds this same encoder
 
