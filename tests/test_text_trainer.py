@@ -122,7 +122,7 @@ def test_training_refuses_a_case_without_text(text_dataset, tmp_path):
     from nnunet_prompt.training.text_trainer import ClinicalTextError
     from nnunetv2.utilities.file_path_utilities import load_json
     pre = os.path.join(text_dataset["env"]["nnUNet_preprocessed"], text_dataset["name"])
-    trainer = TextPromptTrainer_demo(load_json(os.path.join(pre, f"{PLANS}.json")), CONFIG, 0,
+    trainer = TextPromptTrainer_demo(dict(load_json(os.path.join(pre, f"{PLANS}.json")), continue_training=False), CONFIG, 0,
                                      load_json(os.path.join(pre, "dataset.json")), torch.device("cpu"))
     entries = read_sidecar(text_dataset["raw"])
     entries.pop("hn_003")
@@ -143,3 +143,21 @@ def test_numeric_category_ablation_trains_and_predicts_from_a_sidecar(text_datas
                     trainer="TextPromptTrainer_categories_demo")
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert len([f for f in os.listdir(tmp_path / "cat") if f.endswith(".nii.gz")]) == 2
+
+
+def test_interactive_session_takes_text(text_trained):
+    from nnunet_prompt.inference.session import InteractiveSession
+    ds = text_trained
+    case = sorted(f for f in os.listdir(os.path.join(ds["raw"], "imagesTs")))[0]
+    s = InteractiveSession(ds["folder"], fold=0, device="cpu")
+    assert s.takes_text
+    s.set_image(os.path.join(ds["raw"], "imagesTs", case))
+    img = sitk.ReadImage(os.path.join(ds["raw"], "imagesTs", case))
+    first = s.set_text("Left-sided tumour, cT2N1M0.")
+    assert first.shape == sitk.GetArrayFromImage(img).shape and first.dtype == np.uint8
+    logits_left = s._text_logits.clone()
+    s.set_text("Right-sided tumour, cT2N0M0.")
+    assert not torch.allclose(logits_left, s._text_logits)
+    assert np.array_equal(s.undo(), first)
+    with pytest.raises(ValueError, match="set_text"):
+        s.add_point((5, 5, 5))
