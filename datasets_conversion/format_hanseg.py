@@ -1,4 +1,8 @@
-"""Format `hanseg`: HaN-Seg (30 head-and-neck OARs on CT and T1 MR, one nrrd mask per OAR)."""
+"""Format `hanseg`: HaN-Seg (30 head-and-neck OARs on CT and T1 MR, one nrrd mask per OAR).
+
+Published layout (Zenodo record 7442914, HaN-Seg.zip): HaN-Seg/set_1/case_XX/case_XX_IMG_CT.nrrd,
+case_XX_IMG_MR_T1.nrrd and case_XX_OAR_<OAR>.seg.nrrd (3D Slicer segmentation files), with OAR_data.csv and
+patient_data.csv beside the case folders (ignored). Plain `.nrrd` masks are accepted too."""
 from __future__ import annotations
 
 import glob
@@ -20,7 +24,14 @@ def find_cases(source: str, options: ConvertOptions) -> List[CaseRef]:
     for ct in sorted(glob.glob(os.path.join(source, "**", "*_IMG_CT.nrrd"), recursive=True)):
         folder, case = os.path.dirname(ct), os.path.basename(ct)[: -len("_IMG_CT.nrrd")]
         prefix = os.path.join(folder, f"{case}_OAR_")
-        masks = {p[len(prefix): -len(".nrrd")]: p for p in sorted(glob.glob(prefix + "*.nrrd"))}
+        masks = {}
+        for p in sorted(glob.glob(glob.escape(prefix) + "*.nrrd")):
+            name = p[len(prefix):]
+            name = name[: -len(".seg.nrrd")] if name.lower().endswith(".seg.nrrd") else name[: -len(".nrrd")]
+            if name in masks:
+                raise ConversionError(f"OAR '{name}' has two mask files.", case, p,
+                                      "keep one of {0}.seg.nrrd and {0}.nrrd.".format(f"{case}_OAR_{name}"))
+            masks[name] = p
         cases.append(CaseRef(case, folder, {"masks": masks, "ct": ct, "mr": os.path.join(folder, f"{case}_IMG_MR_T1.nrrd")}))
     return cases
 

@@ -42,42 +42,78 @@ def read(path):
 
 
 def test_segrap2023_layout(tmp_path):
+    # the download SegRap2023_Training_Set_120cases.zip extracts into a folder of the same name; each case folder holds
+    # the two CTs and one mask per structure (names as in the organisers' evaluation: BrainStem, Chiasm, ...)
     src = tmp_path / "SegRap2023"
     for i, case in enumerate(("segrap_0000", "segrap_0001")):
-        d = src / "SegRap2023_Training_Set_120cases" / case
+        d = src / "SegRap2023_Training_Set_120cases" / "SegRap2023_Training_Set_120cases" / case
         d.mkdir(parents=True)
         sitk.WriteImage(image(ct_array(i)), str(d / "image.nii.gz"))
         # the contrast CT on its own (finer) grid: must be resampled onto the CT
         sitk.WriteImage(image(np.zeros((20, 48, 40), np.int16) + 100, spacing=(0.75, 0.75, 1.5)), str(d / "image_contrast.nii.gz"))
-        for task, masks in (("Task001", {"Brainstem": box((2, 6), (2, 8), (2, 8)), "Parotid_L": box((3, 7), (10, 20), (10, 18)),
-                                         "OpticChiasm": np.zeros(SHAPE, np.uint8)}),
-                            ("Task002", {"GTVp": box((4, 8), (12, 18), (12, 16)), "GTVnd": box((1, 3), (18, 22), (2, 6))})):
-            t = src / "SegRap2023_Training_Set_120cases_OneHot_Labels" / task / case
-            t.mkdir(parents=True, exist_ok=True)
-            for name, m in masks.items():
-                sitk.WriteImage(image(m), str(t / f"{name}.nii.gz"))
+        for name, m in {"BrainStem": box((2, 6), (2, 8), (2, 8)), "Parotid_L": box((3, 7), (10, 20), (10, 18)),
+                        "Chiasm": np.zeros(SHAPE, np.uint8), "GTVp": box((4, 8), (12, 18), (12, 16)),
+                        "GTVnd": box((1, 3), (18, 22), (2, 6))}.items():
+            sitk.WriteImage(image(m), str(d / f"{name}.nii.gz"))
+    # the later Update_Labels download replaces a case's masks of the same names
+    upd = src / "SegRap2023_Training_Set_120cases_Update_Labels" / "segrap_0001"
+    upd.mkdir(parents=True)
+    sitk.WriteImage(image(box((3, 7), (10, 20), (10, 12))), str(upd / "Parotid_L.nii.gz"))
     out = convert_dataset("segrap2023", str(src), 601, "SegRap", str(tmp_path / "raw"))
     dj = labels_of(out)
-    assert list(dj["labels"]) == ["background", "GTVnd", "GTVp", "Brainstem", "OpticChiasm", "Parotid_L"]
+    assert list(dj["labels"]) == ["background", "GTVnd", "GTVp", "BrainStem", "Chiasm", "Parotid_L"]
     assert dj["channel_names"] == {"0": "CT", "1": "CT"} and dj["numTraining"] == 2
     label = read(os.path.join(out, "labelsTr", "segrap_0000.nii.gz"))
     assert (label[5, 14, 14] == dj["labels"]["GTVp"]), "GTVp wins its overlap with Parotid_L"
     assert (label == dj["labels"]["Parotid_L"]).sum() == box((3, 7), (10, 20), (10, 18)).sum() - (
         box((3, 7), (10, 20), (10, 18)) & box((4, 8), (12, 18), (12, 16))).sum()
+    assert (read(os.path.join(out, "labelsTr", "segrap_0001.nii.gz")) == dj["labels"]["Parotid_L"]).sum() == 4 * 10 * 2
     contrast = sitk.ReadImage(os.path.join(out, "imagesTr", "segrap_0000_0001.nii.gz"))
     assert contrast.GetSize() == (20, 24, 10) and np.allclose(sitk.GetArrayFromImage(contrast)[2:-2, 2:-2, 2:-2], 100)
 
 
+def test_segrap2023_one_hot_labels(tmp_path):
+    # ..._OneHot_Labels: ONE label map per case and task, Task001 with 54 disjoint regions (6 = the overlap of
+    # TemporalLobe_L and Hippocampus_L; 2 = BrainStem, also part of Brain), Task002 with GTVp = 1, GTVnd = 2
+    src = tmp_path / "SegRap2023"
+    d = src / "SegRap2023_Training_Set_120cases" / "segrap_0000"
+    d.mkdir(parents=True)
+    sitk.WriteImage(image(ct_array()), str(d / "image.nii.gz"))
+    sitk.WriteImage(image(ct_array(1)), str(d / "image_contrast.nii.gz"))
+    labels = src / "SegRap2023_Training_Set_120cases_OneHot_Labels"
+    (labels / "Task001").mkdir(parents=True)
+    (labels / "Task002").mkdir(parents=True)
+    sitk.WriteImage(image((2 * box((1, 3), (2, 6), (2, 6)) + 6 * box((5, 7), (10, 14), (10, 14))).astype(np.uint8)),
+                    str(labels / "Task001" / "segrap_0000.nii.gz"))
+    sitk.WriteImage(image((box((2, 4), (16, 20), (14, 18)) + 2 * box((6, 8), (2, 6), (14, 18))).astype(np.uint8)),
+                    str(labels / "Task002" / "segrap_0000.nii.gz"))
+    out = convert_dataset("segrap2023", str(src), 611, "SegRapOneHot", str(tmp_path / "raw"), ConvertOptions(overlap="regions"))
+    dj = labels_of(out)
+    # (--overlap regions lists the structures present in some case: the other 41 decoded masks are empty here)
+    assert set(dj["labels"]) - {"background"} == {"GTVp", "GTVnd", "Brain", "BrainStem", "TemporalLobe_L", "Hippocampus_L"}
+    label = read(os.path.join(out, "labelsTr", "segrap_0000.nii.gz"))
+    regions = {n: v if isinstance(v, list) else [v] for n, v in dj["labels"].items()}
+    def covers(name, z, y, x):
+        return label[z, y, x] in regions[name]
+    assert covers("BrainStem", 2, 3, 3) and covers("Brain", 2, 3, 3) and not covers("TemporalLobe_L", 2, 3, 3)
+    assert covers("TemporalLobe_L", 6, 12, 12) and covers("Hippocampus_L", 6, 12, 12) and covers("Brain", 6, 12, 12)
+    assert covers("GTVp", 3, 18, 16) and covers("GTVnd", 7, 4, 16) and label[0, 0, 0] == 0
+
+
 def test_hanseg_layout_resamples_mr_onto_ct(tmp_path):
+    # HaN-Seg.zip (Zenodo 7442914): HaN-Seg/set_1/case_XX/, OAR masks as 3D Slicer .seg.nrrd files
     src = tmp_path / "HaN-Seg" / "set_1"
+    src.mkdir(parents=True)
+    (src / "OAR_data.csv").write_text("ID,Brainstem\n")
     for i, case in enumerate(("case_01", "case_02")):
         d = src / case
         d.mkdir(parents=True)
         sitk.WriteImage(image(ct_array(i)), str(d / f"{case}_IMG_CT.nrrd"))
         ramp = np.broadcast_to(np.arange(40, dtype=np.float32) * 10, (8, 30, 40)).copy()   # grows along x
         sitk.WriteImage(image(ramp, spacing=(1.0, 1.2, 4.0), origin=(-5.0, -4.0, -2.0)), str(d / f"{case}_IMG_MR_T1.nrrd"))
-        sitk.WriteImage(image(box((2, 6), (2, 10), (2, 10))), str(d / f"{case}_OAR_Brainstem.nrrd"))
-        sitk.WriteImage(image(box((3, 7), (12, 20), (8, 16))), str(d / f"{case}_OAR_Parotid_L.nrrd"))
+        sitk.WriteImage(image(box((2, 6), (2, 10), (2, 10))), str(d / f"{case}_OAR_Brainstem.seg.nrrd"))
+        ending = ".seg.nrrd" if i == 0 else ".nrrd"       # plain .nrrd accepted too
+        sitk.WriteImage(image(box((3, 7), (12, 20), (8, 16))), str(d / f"{case}_OAR_Parotid_L{ending}"))
     out = convert_dataset("hanseg", str(tmp_path / "HaN-Seg"), 602, "HaNSeg", str(tmp_path / "raw"))
     dj = labels_of(out)
     assert dj["labels"] == {"background": 0, "Brainstem": 1, "Parotid_L": 2}
@@ -89,21 +125,27 @@ def test_hanseg_layout_resamples_mr_onto_ct(tmp_path):
 
 
 def make_hecktor(root, label_value=2):
-    d = root / "hecktor2022_training"
+    # hecktor2022_training as extracted (an extra hecktor2022/ level): imagesTr/<Center-ID>__CT|__PT.nii.gz and
+    # labelsTr/<Center-ID>.nii.gz; the challenge page spells the label file CHUM_001.nii.gz, accepted too
+    d = root / "hecktor2022_training" / "hecktor2022"
     (d / "imagesTr").mkdir(parents=True)
     (d / "labelsTr").mkdir(parents=True)
     for i, case in enumerate(("CHUM-001", "CHUP-002")):
         sitk.WriteImage(image(ct_array(i)), str(d / "imagesTr" / f"{case}__CT.nii.gz"))
         sitk.WriteImage(image(np.full((5, 12, 10), 2.5, np.float32), spacing=(3.0, 3.0, 6.0)), str(d / "imagesTr" / f"{case}__PT.nii.gz"))
+        label_name = case if i == 0 else case.replace("-", "_")
         sitk.WriteImage(image(box((3, 6), (5, 10), (5, 10)) + label_value * box((6, 8), (14, 18), (12, 16))),
-                        str(d / "labelsTr" / f"{case}.nii.gz"))
+                        str(d / "labelsTr" / f"{label_name}.nii.gz"))
+    ts = root / "hecktor2022_testing" / "imagesTs"       # unlabelled: skipped
+    ts.mkdir(parents=True)
+    sitk.WriteImage(image(ct_array(5)), str(ts / "USZ-001__CT.nii.gz"))
     return root
 
 
 def test_hecktor_layout_and_bad_label_values(tmp_path):
     out = convert_dataset("hecktor", str(make_hecktor(tmp_path / "ok")), 603, "Hecktor", str(tmp_path / "raw"))
     dj = labels_of(out)
-    assert dj["labels"] == {"background": 0, "GTVp": 1, "GTVn": 2}
+    assert dj["labels"] == {"background": 0, "GTVp": 1, "GTVn": 2} and dj["numTraining"] == 2
     assert dj["channel_names"] == {"0": "CT", "1": "CT"} and dj["channel_modalities"] == ["CT", "PET"]
     from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization
     from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme
@@ -116,6 +158,20 @@ def test_hecktor_layout_and_bad_label_values(tmp_path):
     assert not [p for p in os.listdir(tmp_path / "raw") if "604" in p or p.startswith(".tmp")]
 
 
+def test_hecktor_2025_patient_folders(tmp_path):
+    # HECKTOR 2025 Task 1: one folder per patient, the label file beside the images
+    src = tmp_path / "hecktor2025_training" / "Task 1"
+    for i, case in enumerate(("CHUM-001", "MDA-002")):
+        (src / case).mkdir(parents=True)
+        sitk.WriteImage(image(ct_array(i)), str(src / case / f"{case}__CT.nii.gz"))
+        sitk.WriteImage(image(np.full(SHAPE, 4.0, np.float32)), str(src / case / f"{case}__PT.nii.gz"))
+        sitk.WriteImage(image(box((3, 6), (5, 10), (5, 10)) + 2 * box((6, 8), (14, 18), (12, 16))), str(src / case / f"{case}.nii.gz"))
+    (src / "HECKTOR_2025_Training_Task_1.csv").write_text("PatientID\nCHUM-001\nMDA-002\n")
+    out = convert_dataset("hecktor", str(src), 612, "Hecktor25", str(tmp_path / "raw"))
+    assert labels_of(out)["numTraining"] == 2
+    assert set(np.unique(read(os.path.join(out, "labelsTr", "MDA-002.nii.gz")))) == {0, 1, 2}
+
+
 def test_totalseg_layout_merges_masks(tmp_path):
     src = tmp_path / "Totalsegmentator_dataset_v201"
     for i, case in enumerate(("s0000", "s0001")):
@@ -124,7 +180,7 @@ def test_totalseg_layout_merges_masks(tmp_path):
         for name, m in (("liver", box((1, 5), (2, 12), (2, 10))), ("spleen", box((1, 5), (14, 20), (12, 18))),
                         ("brain", np.zeros(SHAPE, np.uint8))):      # outside the field of view: an empty mask
             sitk.WriteImage(image(m), str(src / case / "segmentations" / f"{name}.nii.gz"))
-    (src / "meta.csv").write_text("image_id;age\ns0000;50\ns0001;60\n")
+    (src / "meta.csv").write_text("image_id;age;gender;split\ns0000;50;m;train\ns0001;60;f;test\n")   # ';'-separated
     out = convert_dataset("totalseg", str(src), 605, "TotalSeg", str(tmp_path / "raw"), num_processes=2)
     assert labels_of(out)["labels"] == {"background": 0, "brain": 1, "liver": 2, "spleen": 3}
     label = read(os.path.join(out, "labelsTr", "s0001.nii.gz"))
@@ -144,6 +200,7 @@ def test_msd_layout_splits_4d_images(tmp_path):
         nib.save(nib.Nifti1Image(np.transpose(box((1, 4), (2, 8), (2, 8)) + box((5, 8), (10, 14), (10, 14)) * 2, (2, 1, 0)),
                                  np.diag([1.5, 1.5, 3.0, 1.0])), str(src / "labelsTr" / f"BRATS_{i:03d}.nii.gz"))
     open(src / "imagesTr" / "._BRATS_000.nii.gz", "w").write("macOS resource fork")
+    open(src / "labelsTr" / "._BRATS_000.nii.gz", "w").write("macOS resource fork")
     out = convert_dataset("msd", str(src), 606, "BrainTumour", str(tmp_path / "raw"))
     dj = labels_of(out)
     assert dj["labels"] == {"background": 0, "edema": 1, "tumour": 2} and dj["channel_names"] == {"0": "FLAIR", "1": "T1w"}
