@@ -140,3 +140,20 @@ def test_fusion_updates_features_from_the_context(spatial):
     assert not torch.allclose(y[0], y2[0]) and not torch.allclose(y[1], y2[1])
     y.square().sum().backward()
     assert all(p.grad is not None for p in fuse.parameters())
+
+
+@pytest.mark.parametrize("kind", ["language_model", "categories"])
+def test_every_trainable_parameter_gets_a_gradient(kind, tiny_bert):
+    """DDP (-num_gpus) wraps the network without find_unused_parameters: nothing may be left out."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunet_prompt.text.text_unet import TextConditionedUNet
+    unet = PlainConvUNet(1, 3, [4, 8, 16], torch.nn.Conv3d, 3, [1, 2, 2], 1, 3, [1, 1], True, torch.nn.InstanceNorm3d,
+                         {"affine": True}, nonlin=torch.nn.LeakyReLU, deep_supervision=True)
+    cfg = ClinicalContextConfig(kind=kind, num_groups=2, vectors_per_group=2, category_dim=8,
+                                text_model=TextModelSpec.from_source(tiny_bert) if kind == "language_model" else None)
+    net = TextConditionedUNet(unet, cfg.build_encoder(), cfg.entry_key)
+    net.set_clinical([{"text": TEXTS[0], "fields": {"laterality": "left", "N": "N1"}},
+                      {"text": TEXTS[1], "fields": {"laterality": "right", "N": "N0"}}])
+    sum(o.square().mean() for o in net(torch.randn(2, 1, 8, 16, 16))).backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert not missing, missing
