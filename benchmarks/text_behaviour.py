@@ -62,6 +62,7 @@ def main(argv=None):
     p.add_argument("--num-training", type=int, default=20)
     p.add_argument("--num-test", type=int, default=12)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--epochs", type=int, default=10, help="epochs of 60 iterations for both trainers (demo schedule)")
     p.add_argument("--out", default=None, help="append the markdown result to this file")
     a = p.parse_args(argv)
 
@@ -75,7 +76,8 @@ def main(argv=None):
     ensure_trainer_path_registered()
     os.environ.setdefault("nnUNet_compile", "0")
     os.environ.setdefault("nnUNet_def_n_proc", "2")
-    env = dict(os.environ, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "1"))
+    env = dict(os.environ, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "1"),
+               NNUNET_PROMPT_DEMO_EPOCHS=str(a.epochs))
     t_start = time.time()
 
     from nnunet_prompt_datasets.synthetic_hn import generate_synthetic_hn_dataset
@@ -169,9 +171,9 @@ def main(argv=None):
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
     lines = [f"### TextPromptTrainer behaviour check, {datetime.date.today().isoformat()}, "
              f"{torch.cuda.get_device_name() if dev.type == 'cuda' else f'CPU ({os.cpu_count()} cores, {platform.machine()})'}",
-             "", f"`python benchmarks/text_behaviour.py --workdir {a.workdir}`: {a.num_training} training / "
+             "", f"`python benchmarks/text_behaviour.py --workdir {a.workdir} --epochs {a.epochs}`: {a.num_training} training / "
              f"{a.num_test} held-out phantoms, text decides laterality and nodal target, plans `{PLANS}`, "
-             f"demo schedule (10 x 60 iterations), default text model MiniLM-L6",
+             f"demo schedule ({a.epochs} x 60 iterations, AdamW), default text model MiniLM-L6",
              "", "| model | tumour Dice | node Dice (N1 cases) | N0 cases without a false node |", "|---|---|---|---|",
              f"| nnUNetTrainer_demo (image only) | {fmt(b['tumour_dice'])} | {fmt(b['node_dice_N1_cases'])} | "
              f"{fmt(b['N0_cases_without_false_node'])} |",
