@@ -15,6 +15,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
+
 from nnunet_prompt.text.fusion import TwoWayTextFusion
 
 
@@ -25,7 +27,7 @@ class TextConditionedUNet(nn.Module):
         self.unet = unet
         self.context_encoder = context_encoder
         self.context_key = context_key
-        dims = len(unet.encoder.strides[0]) if hasattr(unet.encoder, "strides") else 3
+        dims = convert_conv_op_to_dim(unet.encoder.conv_op)
         self.fusions = nn.ModuleList(TwoWayTextFusion(context_encoder.context_dim, c, dims)
                                      for c in unet.encoder.output_channels)
         self._entries: Optional[list] = None
