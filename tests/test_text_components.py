@@ -142,13 +142,15 @@ def test_fusion_updates_features_from_the_context(spatial):
     assert all(p.grad is not None for p in fuse.parameters())
 
 
-@pytest.mark.parametrize("kind", ["language_model", "categories"])
-def test_every_trainable_parameter_gets_a_gradient(kind, tiny_bert):
-    """DDP (-num_gpus) wraps the network without find_unused_parameters: nothing may be left out."""
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+@pytest.mark.parametrize("kind,arch", [("language_model", "PlainConvUNet"), ("categories", "ResidualEncoderUNet")])
+def test_every_trainable_parameter_gets_a_gradient(kind, arch, tiny_bert):
+    """DDP (-num_gpus) wraps the network without find_unused_parameters: nothing may be left out. Both
+    U-Net families nnU-Net plans (plain and residual encoder) are composed, not forked."""
+    from dynamic_network_architectures.architectures import unet as dna
     from nnunet_prompt.text.text_unet import TextConditionedUNet
-    unet = PlainConvUNet(1, 3, [4, 8, 16], torch.nn.Conv3d, 3, [1, 2, 2], 1, 3, [1, 1], True, torch.nn.InstanceNorm3d,
-                         {"affine": True}, nonlin=torch.nn.LeakyReLU, deep_supervision=True)
+    per_stage = 1 if arch == "PlainConvUNet" else [1, 1, 1]
+    unet = getattr(dna, arch)(1, 3, [4, 8, 16], torch.nn.Conv3d, 3, [1, 2, 2], per_stage, 3, [1, 1], True,
+                              torch.nn.InstanceNorm3d, {"affine": True}, nonlin=torch.nn.LeakyReLU, deep_supervision=True)
     cfg = ClinicalContextConfig(kind=kind, num_groups=2, vectors_per_group=2, category_dim=8,
                                 text_model=TextModelSpec.from_source(tiny_bert) if kind == "language_model" else None)
     net = TextConditionedUNet(unet, cfg.build_encoder(), cfg.entry_key)
