@@ -10,13 +10,13 @@ import torch
 
 from conftest import CONFIG, PLANS, console_script, make_tiny_dataset, run
 
-TEXT_DATASET_ID = 992
+TEXT_DATASET_ID = 996  # 992 is the multi-class test's dataset in the same folders
 TRAINER = "TextPromptTrainer_demo"
 
 
 @pytest.fixture(scope="session")
 def text_dataset(planned_dataset):
-    """Dataset992 beside the session's Dataset991: laterality and N stage decide the target (label 2 = node)."""
+    """Dataset996 beside the session's Dataset991: laterality and N stage decide the target (label 2 = node)."""
     raw = make_tiny_dataset(planned_dataset["env"], TEXT_DATASET_ID, "TinyTextHN", nodal_involvement=0.5)
     return dict(planned_dataset, raw=raw, name=os.path.basename(raw), id=TEXT_DATASET_ID)
 
