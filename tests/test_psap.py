@@ -164,7 +164,9 @@ def test_a_training_step_through_nnunets_trainer_reaches_every_parameter(planned
     assert torch.is_tensor(out) and out.shape[2:] == batch["data"].shape[2:] and out.shape[1] == 2
 
 
-def test_psap_trainer_through_nnunetv2_train_validates_with_clicks_and_resumes(planned_dataset):
+@pytest.fixture(scope="module")
+def psap_trained(planned_dataset):
+    """PSAPTrainer_demo, 1 epoch of 2 iterations, through `nnUNetv2_train` (found through nnUNet_extTrainer)."""
     env = dict(planned_dataset["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="2",
                # the caller's thread budget (CI: 2 cores shared with other jobs)
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", planned_dataset["env"]["OMP_NUM_THREADS"]))
@@ -173,6 +175,11 @@ def test_psap_trainer_through_nnunetv2_train_validates_with_clicks_and_resumes(p
     proc = run(cmd, env)
     assert proc.returncode == 0, proc.stdout[-5000:]
     folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
+    return {"folder": folder, "log": proc.stdout}
+
+
+def test_psap_trainer_through_nnunetv2_train_and_final_validation_with_clicks(psap_trained):
+    folder = psap_trained["folder"]
     ckpt = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     weights = ckpt["network_weights"]
     first_conv = next(v for k, v in weights.items() if k.startswith("unet.encoder") and v.ndim == 5)
@@ -186,8 +193,20 @@ def test_psap_trainer_through_nnunetv2_train_validates_with_clicks_and_resumes(p
     used = json.load(open(os.path.join(val, "simulated_prompts_rank0.json")))
     assert used and all(info["prompt"] == "clicks" for info in used.values())
 
-    proc = run(cmd + ["--c"], dict(env, NNUNET_PROMPT_DEMO_EPOCHS="2"))
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    ckpt = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), map_location="cpu", weights_only=False)
-    assert ckpt["current_epoch"] == 2
-    assert "Epoch 1" in proc.stdout and "Epoch 0" not in proc.stdout
+
+def test_checkpoint_resumes_through_nnunets_load_checkpoint(psap_trained, planned_dataset, monkeypatch):
+    """What `--c` does (nnUNetTrainer.load_checkpoint on a fresh trainer), in this process: the PSAP weights and
+    the optimizer state come back and training continues. The CLI `--c` path itself is tested for
+    PromptTrainer in test_end_to_end.py; a second nnUNetv2_train run would double this file's runtime."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    path = os.path.join(psap_trained["folder"], "fold_0", "checkpoint_final.pth")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    trainer = _trainer(planned_dataset, TRAINER)
+    trainer.load_checkpoint(path)
+    assert trainer.current_epoch == 1
+    state = trainer.network.state_dict()
+    assert state.keys() == saved["network_weights"].keys()
+    assert all(torch.equal(state[k], v) for k, v in saved["network_weights"].items())
+    dl_train, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    assert np.isfinite(trainer.train_step(next(dl_train))["loss"])

@@ -15,6 +15,8 @@ Decisions, with reasons:
   not the seed's Gaussian heatmaps: one prompt layout for every trainer.
 * The box channel is not part of M: seed 001 has no box prompt, and PSAPTrainer's simulated user
   never draws one, so its weights would never learn. A box given at inference is ignored.
+* Each PSAP branch is at most 32 channels wide and never wider than its stage (SPADE uses 128): on
+  the narrow CPU plans a full-resolution stage has 8 channels.
 * Average pooling, not nearest resizing, brings M to a stage: a click smaller than a coarse voxel
   still shows there, as a fraction.
 """
@@ -54,6 +56,9 @@ class PSAPNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.residual_gamma = residual_gamma
+        # never wider than the stage: on nnU-Net's narrow high-resolution stages a 32-wide branch would cost
+        # more than the stage's own convolutions
+        hidden_channels = min(hidden_channels, num_features)
         self.shared = nn.Sequential(conv_op(prompt_channels, hidden_channels, 3, 1, 1), nn.LeakyReLU(inplace=True))
         self.gamma = conv_op(hidden_channels, num_features, 3, 1, 1)
         self.beta = conv_op(hidden_channels, num_features, 3, 1, 1)
