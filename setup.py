@@ -19,6 +19,7 @@ setup(
         "nnunet_prompt.demo",
         "nnunet_prompt.evaluation",
         "nnunet_prompt.text",
+        "nnunet_prompt.networks",
         "nnunet_prompt_trainers",
         "nnunet_prompt_planners",
         "nnunet_prompt_datasets",

@@ -84,14 +84,23 @@ class PromptTrainerBase(nnUNetTrainer):
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
         # num_output_channels (the dataset's classes) is replaced by NUM_OUTPUTS: one prompt, one object
         in_channels = num_input_channels + cls.prompt_encoding.num_channels
-        network = get_network_from_plans(
-            configuration_manager.network_arch_class_name,
-            configuration_manager.network_arch_init_kwargs,
-            configuration_manager.network_arch_init_kwargs_req_import,
-            in_channels, NUM_OUTPUTS, allow_init=True, deep_supervision=enable_deep_supervision)
+        network = cls.build_prompt_network(configuration_manager, num_input_channels, enable_deep_supervision)
         network.__dict__[IN_CHANNELS_ATTR] = in_channels
         network.register_forward_pre_hook(_append_empty_prompts_hook(cls.prompt_encoding.num_channels))
         return network
+
+    @classmethod
+    def build_prompt_network(cls, configuration_manager, num_image_channels: int,
+                             enable_deep_supervision: bool = True) -> torch.nn.Module:
+        """The network proper: input = image channels followed by the prompt channels, NUM_OUTPUTS outputs.
+        Here nnU-Net's planned U-Net with the prompts as extra input channels; trainers that feed prompts
+        elsewhere (PSAPTrainer) override this and keep the input layout, so inference works unchanged."""
+        return get_network_from_plans(
+            configuration_manager.network_arch_class_name,
+            configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import,
+            num_image_channels + cls.prompt_encoding.num_channels, NUM_OUTPUTS, allow_init=True,
+            deep_supervision=enable_deep_supervision)
 
     # ---------------------------------------------------------------- prompts
     @property

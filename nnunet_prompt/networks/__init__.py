@@ -1,0 +1,1 @@
+"""Prompt-conditioned networks built around nnU-Net's planned U-Nets (composed, not forked)."""

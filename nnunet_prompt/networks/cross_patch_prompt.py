@@ -1,0 +1,60 @@
+"""Cross-patch prompt (CPP, seed 001, CT-SAM3D, Algorithm 1 lines 4-5): from a clicked patch U, its
+predicted mask U_p and an overlapping neighbour patch V, a light encoder-decoder predicts a click
+heatmap for V, so that one click segments an organ larger than a patch.
+
+Only the module and its training target and loss live here. Not built yet: sampling overlapping
+patch pairs from nnU-Net's data loader, adding the loss to PSAPTrainer, and the 26-neighbour
+propagation at inference.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+
+class CrossPatchPromptNet(nn.Module):
+    """P(U, U_p, V) -> heatmap in [0, 1] on V's grid, where the object segmented in U should be clicked in V."""
+
+    def __init__(self, image_channels: int, features: Sequence[int] = (8, 16, 32), conv_op=nn.Conv3d):
+        super().__init__()
+        n = len(features)
+        norm = nn.InstanceNorm3d if conv_op is nn.Conv3d else nn.InstanceNorm2d
+        # a small nnU-Net-style U-Net (the seed's 'light-weight encoder-decoder'); inputs [U, U_p, V]
+        self.net = PlainConvUNet(2 * image_channels + 1, n, list(features), conv_op, 3, [1] + [2] * (n - 1), 2, 1,
+                                 [1] * (n - 1), True, norm, {"affine": True, "eps": 1e-5},
+                                 nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+
+    def forward(self, u_image: torch.Tensor, u_prediction: torch.Tensor, v_image: torch.Tensor) -> torch.Tensor:
+        """u_image, v_image: (B, C, *spatial); u_prediction: (B, 1, *spatial) foreground probability or mask."""
+        return torch.sigmoid(self.net(torch.cat([u_image, u_prediction.to(u_image.dtype), v_image], 1)))
+
+
+def centroid_heatmap(masks: torch.Tensor, spacing: Sequence[float], sigma_mm: float = 5.0) -> torch.Tensor:
+    """CPP target: a Gaussian (peak 1, sigma in millimetres) at the centroid of each mask's foreground.
+    masks: (B, *spatial) bool -> (B, 1, *spatial) float; an empty mask gives all zeros (nothing to click)."""
+    b, spatial = masks.shape[0], masks.shape[1:]
+    grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float32, device=masks.device) for s in spatial], indexing="ij")
+    out = torch.zeros((b, 1, *spatial), device=masks.device)
+    for i in range(b):
+        idx = torch.nonzero(masks[i]).float()
+        if idx.shape[0] == 0:
+            continue
+        centre = idx.mean(0)
+        d2 = sum(((g - centre[a]) * float(spacing[a])) ** 2 for a, g in enumerate(grids))
+        out[i, 0] = torch.exp(-d2 / (2 * sigma_mm ** 2))
+    return out
+
+
+def cross_patch_loss(cpp: CrossPatchPromptNet, u_image, u_prediction, u_target, v_image, v_prediction, v_target,
+                     spacing: Sequence[float], sigma_mm: float = 5.0) -> torch.Tensor:
+    """L_cross = MSE(P(U, U_p, V), heatmap(V_gt)) + MSE(P(V, V_p, U), heatmap(U_gt)), Algorithm 1 line 5.
+    u_target, v_target: (B, *spatial) bool ground truth of the object in each patch."""
+    v_clicks = cpp(u_image, u_prediction, v_image)
+    u_clicks = cpp(v_image, v_prediction, u_image)
+    return (F.mse_loss(v_clicks, centroid_heatmap(v_target, spacing, sigma_mm))
+            + F.mse_loss(u_clicks, centroid_heatmap(u_target, spacing, sigma_mm)))

@@ -1,0 +1,142 @@
+"""PSAP: progressively and spatially aligned prompts (seed 001, CT-SAM3D, eq. 2).
+
+Every decoder stage of nnU-Net's planned U-Net normalises its features with a prompt-conditioned
+instance norm: M = [P, N, Y] (positive clicks, negative clicks, previous mask) is average-pooled to
+the stage's spatial size, a shared convolution and two convolution heads give gamma(M) and beta(M) at
+that size, and the features become (1 + gamma) * IN(X) + beta.
+
+Decisions, with reasons:
+
+* (1 + gamma) instead of eq. 2's gamma: the form of SPADE (Park et al. 2019, which the seed cites as
+  its model). With M = 0 (no click yet) gamma and beta are the heads' biases, i.e. the ordinary learned
+  affine of nnU-Net's InstanceNorm, and a freshly initialised gamma near 0 does not scale features
+  towards 0. ``PSAPNorm(residual_gamma=False)`` is eq. 2 as printed. Not measured against each other.
+* The clicks are the encoding's balls of ``click_radius_mm`` (``nnunet_prompt.prompts.encoding``),
+  not the seed's Gaussian heatmaps: one prompt layout for every trainer.
+* The box channel is not part of M: seed 001 has no box prompt, and PSAPTrainer's simulated user
+  never draws one, so its weights would never learn. A box given at inference is ignored.
+* Each PSAP branch is at most 32 channels wide and never wider than its stage (SPADE uses 128): on
+  the narrow CPU plans a full-resolution stage has 8 channels.
+* Average pooling, not nearest resizing, brings M to a stage: a click smaller than a coarse voxel
+  still shows there, as a fraction.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
+
+from nnunet_prompt.prompts.encoding import MASK, NEG, POS
+
+# channels of the prompt encoding that make seed 001's M = [P, N, Y], in that order
+PSAP_PROMPT_CHANNELS = (POS, NEG, MASK)
+
+
+def resize_prompt(m: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """M (B, C, *spatial) average-pooled (or, for a finer grid, linearly upsampled) to ``size``."""
+    if tuple(m.shape[2:]) == tuple(size):
+        return m
+    if all(s <= t for s, t in zip(size, m.shape[2:])):
+        return F.adaptive_avg_pool3d(m, size) if m.ndim == 5 else F.adaptive_avg_pool2d(m, size)
+    return F.interpolate(m, size=tuple(size), mode="trilinear" if m.ndim == 5 else "bilinear", align_corners=False)
+
+
+class PSAPNorm(nn.Module):
+    """Prompt-conditioned instance norm: (1 + gamma(M)) * IN(X) + beta(M) (or gamma(M) * IN(X) + beta(M)).
+
+    M is not an argument of forward (it sits inside nnU-Net's conv blocks, which call ``norm(x)``):
+    the owning network puts it on ``self.prompt`` before the decoder runs and removes it afterwards."""
+
+    def __init__(self, num_features: int, conv_op, prompt_channels: int = len(PSAP_PROMPT_CHANNELS),
+                 hidden_channels: int = 32, eps: float = 1e-5, residual_gamma: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.residual_gamma = residual_gamma
+        # never wider than the stage: on nnU-Net's narrow high-resolution stages a 32-wide branch would cost
+        # more than the stage's own convolutions
+        hidden_channels = min(hidden_channels, num_features)
+        self.shared = nn.Sequential(conv_op(prompt_channels, hidden_channels, 3, 1, 1), nn.LeakyReLU(inplace=True))
+        self.gamma = conv_op(hidden_channels, num_features, 3, 1, 1)
+        self.beta = conv_op(hidden_channels, num_features, 3, 1, 1)
+        self.prompt: Optional[torch.Tensor] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prompt is None:
+            raise RuntimeError("PSAPNorm has no prompt: it runs inside PSAPUNet, whose forward sets it.")
+        if tuple(self.prompt.shape[2:]) != tuple(x.shape[2:]):
+            raise RuntimeError(f"PSAP prompt of spatial size {tuple(self.prompt.shape[2:])} for features of size "
+                               f"{tuple(x.shape[2:])}.")
+        h = self.shared(self.prompt.to(x.dtype))
+        gamma, beta = self.gamma(h), self.beta(h)
+        normed = F.instance_norm(x, eps=self.eps)
+        return (1 + gamma) * normed + beta if self.residual_gamma else gamma * normed + beta
+
+
+def _psap_norms_of_stage(stage: nn.Module, conv_op, **norm_kwargs) -> List[PSAPNorm]:
+    """Replace the norm of every conv block (ConvDropoutNormReLU) of a decoder stage by a PSAPNorm, in the
+    block's ``norm`` attribute and in its ``all_modules`` Sequential (what its forward runs)."""
+    norms = []
+    for block in stage.convs:
+        old = getattr(block, "norm", None)
+        if old is None:
+            raise ValueError("PSAP needs a norm in every decoder conv block; these plans have none (norm_op=None).")
+        psap = PSAPNorm(block.output_channels, conv_op, eps=getattr(old, "eps", 1e-5), **norm_kwargs)
+        position = [i for i, m in enumerate(block.all_modules) if m is old]
+        assert len(position) == 1, "expected the norm exactly once in the conv block"
+        block.all_modules[position[0]] = psap
+        block.norm = psap
+        norms.append(psap)
+    return norms
+
+
+class PSAPUNet(nn.Module):
+    """nnU-Net's planned U-Net (PlainConvUNet, ResidualEncoderUNet) whose decoder stages are prompt-modulated.
+
+    Input layout is the prompt trainers' one: image channels, then the prompt encoding's channels
+    (``num_prompt_channels``), so nnU-Net's sliding window, mirroring and PromptPredictor work unchanged.
+    Inside, the image channels go to the U-Net's encoder and only the decoder sees the prompts."""
+
+    def __init__(self, unet: nn.Module, num_prompt_channels: int, hidden_channels: int = 32,
+                 residual_gamma: bool = True):
+        super().__init__()
+        self.unet = unet
+        self.num_prompt_channels = num_prompt_channels
+        conv_op = unet.encoder.conv_op
+        self.spatial_dims = convert_conv_op_to_dim(conv_op)
+        # per decoder stage (lowest resolution first, as the decoder runs them) its PSAP norms
+        self.stage_norms: List[List[PSAPNorm]] = [
+            _psap_norms_of_stage(stage, conv_op, hidden_channels=hidden_channels, residual_gamma=residual_gamma)
+            for stage in unet.decoder.stages]
+
+    @property
+    def decoder(self):  # nnU-Net toggles deep supervision through network.decoder
+        return self.unet.decoder
+
+    @property
+    def encoder(self):
+        return self.unet.encoder
+
+    def psap_prompt(self, x: torch.Tensor) -> torch.Tensor:
+        """M = [P, N, Y] from the input's prompt channels."""
+        prompts = x[:, x.shape[1] - self.num_prompt_channels:]
+        return prompts[:, list(PSAP_PROMPT_CHANNELS)]
+
+    def forward(self, x: torch.Tensor):
+        image = x[:, :x.shape[1] - self.num_prompt_channels]
+        m = self.psap_prompt(x)
+        skips = self.unet.encoder(image)
+        # decoder stage s outputs at the resolution of skip -(s + 2)
+        for s, norms in enumerate(self.stage_norms):
+            m_s = resize_prompt(m, skips[-(s + 2)].shape[2:])
+            for norm in norms:
+                norm.prompt = m_s
+        try:
+            return self.unet.decoder(skips)
+        finally:
+            for norms in self.stage_norms:
+                for norm in norms:
+                    norm.prompt = None  # hold no activations between calls
