@@ -30,7 +30,7 @@ from torch import nn
 
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 
-from nnunet_prompt.prompts.encoding import MASK, NEG, POS
+from nnunet_prompt.prompts.encoding import BOX, MASK, NEG, POS
 
 # channels of the prompt encoding that make seed 001's M = [P, N, Y], in that order
 PSAP_PROMPT_CHANNELS = (POS, NEG, MASK)
@@ -128,6 +128,11 @@ class PSAPUNet(nn.Module):
     def forward(self, x: torch.Tensor):
         image = x[:, :x.shape[1] - self.num_prompt_channels]
         m = self.psap_prompt(x)
+        if not self.training and not self.__dict__.get("_box_warned") and bool(
+                x[:, x.shape[1] - self.num_prompt_channels + BOX].any()):
+            print("nnunet-prompt WARNING: PSAP models take clicks and a mask, not boxes (seed 001); the box "
+                  "prompt is ignored. Use PromptTrainer for box prompts.")
+            self.__dict__["_box_warned"] = True
         skips = self.unet.encoder(image)
         # decoder stage s outputs at the resolution of skip -(s + 2)
         for s, norms in enumerate(self.stage_norms):
