@@ -30,6 +30,7 @@ from torch import nn
 
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 
+from nnunet_prompt.networks.composed_unet import ComposedUNet
 from nnunet_prompt.prompts.encoding import BOX, MASK, NEG, POS
 
 # channels of the prompt encoding that make seed 001's M = [P, N, Y], in that order
@@ -93,7 +94,7 @@ def _psap_norms_of_stage(stage: nn.Module, conv_op, **norm_kwargs) -> List[PSAPN
     return norms
 
 
-class PSAPUNet(nn.Module):
+class PSAPUNet(ComposedUNet):
     """nnU-Net's planned U-Net (PlainConvUNet, ResidualEncoderUNet) whose decoder stages are prompt-modulated.
 
     Input layout is the prompt trainers' one: image channels, then the prompt encoding's channels
@@ -102,8 +103,7 @@ class PSAPUNet(nn.Module):
 
     def __init__(self, unet: nn.Module, num_prompt_channels: int, hidden_channels: int = 32,
                  residual_gamma: bool = True):
-        super().__init__()
-        self.unet = unet
+        super().__init__(unet)
         self.num_prompt_channels = num_prompt_channels
         conv_op = unet.encoder.conv_op
         self.spatial_dims = convert_conv_op_to_dim(conv_op)
@@ -111,14 +111,6 @@ class PSAPUNet(nn.Module):
         self.stage_norms: List[List[PSAPNorm]] = [
             _psap_norms_of_stage(stage, conv_op, hidden_channels=hidden_channels, residual_gamma=residual_gamma)
             for stage in unet.decoder.stages]
-
-    @property
-    def decoder(self):  # nnU-Net toggles deep supervision through network.decoder
-        return self.unet.decoder
-
-    @property
-    def encoder(self):
-        return self.unet.encoder
 
     def psap_prompt(self, x: torch.Tensor) -> torch.Tensor:
         """M = [P, N, Y] from the input's prompt channels."""

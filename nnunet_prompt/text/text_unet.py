@@ -17,14 +17,14 @@ from torch import nn
 
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 
+from nnunet_prompt.networks.composed_unet import ComposedUNet
 from nnunet_prompt.text.fusion import TwoWayTextFusion
 
 
-class TextConditionedUNet(nn.Module):
+class TextConditionedUNet(ComposedUNet):
     def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str):
         """context_key: which part of a clinical-text entry the context encoder reads ('text' or 'fields')."""
-        super().__init__()
-        self.unet = unet
+        super().__init__(unet)
         self.context_encoder = context_encoder
         self.context_key = context_key
         dims = convert_conv_op_to_dim(unet.encoder.conv_op)
@@ -32,14 +32,6 @@ class TextConditionedUNet(nn.Module):
                                      for c in unet.encoder.output_channels)
         self._entries: Optional[list] = None
         self._cached = None  # (entries key, context) while not training: a case's tiles share one context
-
-    @property
-    def decoder(self):  # nnU-Net toggles deep supervision through network.decoder
-        return self.unet.decoder
-
-    @property
-    def encoder(self):
-        return self.unet.encoder
 
     def set_clinical(self, entries: Sequence[Mapping]) -> None:
         for e in entries:
