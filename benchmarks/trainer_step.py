@@ -1,4 +1,4 @@
-"""Step time of PromptTrainer and TextPromptTrainer next to nnUNetTrainer on the same plans and data.
+"""Step time of PromptTrainer, PSAPTrainer and TextPromptTrainer next to nnUNetTrainer on the same plans and data.
 
     python benchmarks/trainer_step.py --device cuda --plans default --iters 200   # GPU check (issue: foundation)
     python benchmarks/trainer_step.py --device cpu --plans narrow --iters 20      # what CPU can show
@@ -72,6 +72,7 @@ def main(argv=None):
     device = torch.device(a.device)
     prompt_cls = recursive_find_trainer_class_by_name("PromptTrainer")
     text_cls = recursive_find_trainer_class_by_name("TextPromptTrainer")
+    psap_cls = recursive_find_trainer_class_by_name("PSAPTrainer")
 
     def measure(cls, policy=None):
         tr = cls(dict(plans, continue_training=False), "3d_fullres", 0, dataset_json, device)
@@ -108,6 +109,7 @@ def main(argv=None):
     rows = [("nnUNetTrainer", measure(nnUNetTrainer)),
             ("PromptTrainer, 1 round", measure(prompt_cls, SimulationPolicy(num_rounds=1))),
             ("PromptTrainer, default (1-5 rounds)", measure(prompt_cls)),
+            ("PSAPTrainer, 1 round", measure(psap_cls, SimulationPolicy(num_rounds=1, initial_types=("clicks",)))),
             ("TextPromptTrainer, MiniLM-L6 (default)", measure(text_cls))]
     if a.text_model:
         os.environ["NNUNET_PROMPT_TEXT_MODEL"] = a.text_model
