@@ -169,7 +169,8 @@ def cpp_trained(planned_dataset):
     proc = run(cmd, env)
     assert proc.returncode == 0, proc.stdout[-5000:]
     folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
-    return {"folder": folder, "log": proc.stdout, "cmd": cmd, "env": env, **planned_dataset}
+    # planned_dataset first: its "env" lacks the short schedule that the --c run must keep
+    return {**planned_dataset, "folder": folder, "log": proc.stdout, "cmd": cmd, "env": env}
 
 
 def test_nnunetv2_train_resumes_psap_cpp_with_c(cpp_trained):
