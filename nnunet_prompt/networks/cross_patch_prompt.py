@@ -9,6 +9,7 @@ loss added to nnU-Net's); at inference ``nnunet_prompt.inference.cross_patch`` p
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -21,7 +22,8 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 class CrossPatchPromptNet(nn.Module):
     """P(U, U_p, V) -> heatmap in [0, 1] on V's grid, where the object segmented in U should be clicked in V."""
 
-    def __init__(self, image_channels: int, features: Sequence[int] = (8, 16, 32), conv_op=nn.Conv3d):
+    def __init__(self, image_channels: int, features: Sequence[int] = (8, 16, 32), conv_op=nn.Conv3d,
+                 prior_probability: float = 0.01):
         super().__init__()
         n = len(features)
         norm = nn.InstanceNorm3d if conv_op is nn.Conv3d else nn.InstanceNorm2d
@@ -34,6 +36,11 @@ class CrossPatchPromptNet(nn.Module):
         # hold parameters that never get a gradient (DDP without find_unused_parameters fails on those)
         for i in range(len(self.net.decoder.seg_layers) - 1):
             self.net.decoder.seg_layers[i] = nn.Identity()
+        # start from the trivial answer 'no click anywhere' (output ~prior_probability everywhere, RetinaNet's prior
+        # initialisation): the target is 0 almost everywhere, and from sigmoid(0) = 0.5 a short schedule spends
+        # its steps pulling the whole map down (at lr 1e-3 Adam moves the bias ~0.1 per 100 steps) and leaves
+        # a saturated, uninformative heatmap (measured: benchmarks/RESULTS.md, PSAP ablation, run 1)
+        nn.init.constant_(self.net.decoder.seg_layers[-1].bias, math.log(prior_probability / (1 - prior_probability)))
 
     def forward(self, u_image: torch.Tensor, u_prediction: torch.Tensor, v_image: torch.Tensor) -> torch.Tensor:
         """u_image, v_image: (B, C, *spatial); u_prediction: (B, 1, *spatial) foreground probability or mask.
