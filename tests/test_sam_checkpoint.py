@@ -82,3 +82,28 @@ def test_published_variant_configs():
     config = sam_vision_config("vit_b", image_size=512)
     assert (config.hidden_size, config.num_hidden_layers, config.global_attn_indexes) == (768, 12, [2, 5, 8, 11])
     assert config.initializer_range == 0.02
+
+
+def test_base_reference_environment_and_relocation(tmp_path, tiny_checkpoint, monkeypatch):
+    from nnunet_prompt.sam.checkpoint import ENV_VAR, SAMBaseReference
+    _, path = tiny_checkpoint
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(SAMCheckpointError, match=ENV_VAR):
+        SAMBaseReference.from_environment()
+    monkeypatch.setenv(ENV_VAR, str(path))
+    ref = SAMBaseReference.from_environment()
+    assert (ref.hidden_size, ref.num_hidden_layers, ref.patch_size) == (32, 3, 16)
+    assert ref.relocated() == ref
+    moved = tmp_path / "moved.pth"
+    path.rename(moved)
+    monkeypatch.delenv(ENV_VAR)
+    with pytest.raises(SAMCheckpointError, match="does not exist any more"):
+        ref.relocated()
+    monkeypatch.setenv(ENV_VAR, str(moved))
+    assert ref.relocated().path == str(moved)
+    other = tmp_path / "other.pth"
+    save_sam_checkpoint(str(other), random_sam_image_encoder(tiny_config().__class__(
+        **{**tiny_config().to_dict(), "num_hidden_layers": 2, "global_attn_indexes": [1]})))
+    monkeypatch.setenv(ENV_VAR, str(other))
+    with pytest.raises(SAMCheckpointError, match="not the SAM checkpoint"):
+        ref.relocated()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -196,3 +197,55 @@ def save_sam_checkpoint(path: str, encoder: SamVisionEncoder, extra: Optional[Di
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which SAM file a trainer starts from. nnUNetv2_train has no argument for it, so (as for the text model,
+# NNUNET_PROMPT_TEXT_MODEL) an environment variable names it at training time; the trained model stores a
+# SAMBaseReference so that its checkpoints need only the trainable weights, and inference finds the base file
+# again (a moved file: set the variable to its new place; a different encoder is refused).
+ENV_VAR = "NNUNET_PROMPT_SAM_CHECKPOINT"
+
+
+@dataclass(frozen=True)
+class SAMBaseReference:
+    path: str            # absolute path of the official checkpoint file
+    hidden_size: int
+    num_hidden_layers: int
+    patch_size: int
+    num_bytes: int       # file size: a cheap fingerprint that tells sam_vit_b_01ec64.pth from MedSAM's ViT-B
+
+    @classmethod
+    def from_file(cls, path: str) -> "SAMBaseReference":
+        config = infer_vision_config(image_encoder_state_dict(read_sam_checkpoint(path)))
+        return cls(os.path.abspath(path), config.hidden_size, config.num_hidden_layers, config.patch_size,
+                   os.path.getsize(path))
+
+    @classmethod
+    def from_environment(cls, random_init_hint: str = "") -> "SAMBaseReference":
+        path = os.environ.get(ENV_VAR)
+        if not path:
+            raise SAMCheckpointError(
+                f"No SAM checkpoint: set {ENV_VAR} to the local path of an official Segment Anything checkpoint "
+                f"(e.g. sam_vit_b_01ec64.pth); nothing is downloaded.{' ' + random_init_hint if random_init_hint else ''}")
+        return cls.from_file(path)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def relocated(self) -> "SAMBaseReference":
+        """This reference, or the file NNUNET_PROMPT_SAM_CHECKPOINT names now when the user moved it;
+        a file holding a different encoder is refused."""
+        override = os.environ.get(ENV_VAR)
+        if not override or os.path.abspath(override) == self.path:
+            if not os.path.isfile(self.path):
+                raise SAMCheckpointError(f"This model was trained from the SAM checkpoint {self.path!r}, which does "
+                                         f"not exist any more. If it moved, set {ENV_VAR} to its new path.")
+            return self
+        other = SAMBaseReference.from_file(override)
+        if (other.hidden_size, other.num_hidden_layers, other.patch_size, other.num_bytes) != (
+                self.hidden_size, self.num_hidden_layers, self.patch_size, self.num_bytes):
+            raise SAMCheckpointError(f"{ENV_VAR}={override!r} is not the SAM checkpoint this model was trained from "
+                                     f"({self.path!r}: width {self.hidden_size}, depth {self.num_hidden_layers}, "
+                                     f"{self.num_bytes} bytes).")
+        return other
