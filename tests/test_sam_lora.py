@@ -161,3 +161,202 @@ def test_intensity_mapping_ct_window_and_rgb():
                           / torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1), atol=1e-4)
     with pytest.raises(ValueError, match="rgb-fusion"):
         SAMInputAdapter(["CTNormalization", "zscore"], CT_PROPS)
+
+
+# ------------------------------------------------------------------------------- through nnU-Net
+@pytest.fixture(scope="module")
+def sam_datasets(planned_dataset, sam_file):
+    """Dataset997 (one label) and Dataset998 (two labels) beside the session's Dataset991, planned by
+    SAM2DPlanner64 (64 px square 2d patch) and preprocessed (2d) through nnU-Net's API."""
+    from nnunet_prompt_datasets.synthetic_hn import generate_synthetic_hn_dataset
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
+                                                                      plan_experiment_dataset, preprocess_dataset)
+    from nnunet_prompt_planners.sam_planner import SAM2DPlanner64
+    env = planned_dataset["env"]
+    names = {}
+    for did, name, kw in ((ONE_LABEL_ID, "TinySAM", {}), (TWO_LABEL_ID, "TinySAM2", {"label_lookalikes": True})):
+        raw = generate_synthetic_hn_dataset(env["nnUNet_raw"], did, name, num_training=6, num_test=1,
+                                            shape_xyz=(40, 40, 8), **kw)
+        extract_fingerprint_dataset(did, num_processes=1, check_dataset_integrity=True, show_progress_bar=False)
+        _, plans_name = plan_experiment_dataset(did, SAM2DPlanner64)
+        assert plans_name == PLANS
+        preprocess_dataset(did, PLANS, (CONFIG,), [1], show_progress_bar=False)
+        names[did] = os.path.basename(raw)
+    return {"env": env, "names": names, "sam_file": sam_file}
+
+
+def _load_plans(env, name):
+    from nnunetv2.utilities.file_path_utilities import load_json
+    pre = os.path.join(env["nnUNet_preprocessed"], name)
+    return load_json(os.path.join(pre, f"{PLANS}.json")), load_json(os.path.join(pre, "dataset.json"))
+
+
+def _trainer(sam_datasets, did, cls_name):
+    import nnunet_prompt_trainers.SAMLoRATrainer as module
+    plans, dataset_json = _load_plans(sam_datasets["env"], sam_datasets["names"][did])
+    return getattr(module, cls_name)(dict(plans, continue_training=False), CONFIG, 0, dataset_json,
+                                     torch.device("cpu"))
+
+
+def test_planner_gives_a_square_2d_patch_and_keeps_nnunets_unet_plan(sam_datasets):
+    plans, _ = _load_plans(sam_datasets["env"], sam_datasets["names"][ONE_LABEL_ID])
+    cfg = plans["configurations"][CONFIG]
+    assert cfg["patch_size"] == [64, 64] and cfg["batch_size"] == 2
+    assert cfg["data_identifier"] == "nnUNetPlans_2d"
+    assert cfg["architecture"]["network_class_name"].endswith("PlainConvUNet")  # the baseline's U-Net
+
+
+def test_training_refuses_without_a_checkpoint_unless_random_init(sam_datasets, monkeypatch):
+    from nnunet_prompt.sam.checkpoint import SAMCheckpointError
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(SAMCheckpointError, match=f"{ENV_VAR}.*randomInit"):
+        _trainer(sam_datasets, TWO_LABEL_ID, "SAMLoRATrainer").initialize()
+    monkeypatch.setenv("NNUNET_PROMPT_SAM_RANDOM_VARIANT", "vit_b")
+    t = _trainer(sam_datasets, TWO_LABEL_ID, "SAMLoRATrainer_randomInit")
+    t.initialize()
+    assert t.network.store_frozen and any(k.startswith("encoder.layers.0.mlp") for k in t.network.state_dict())
+
+
+def _steps(trainer, n):
+    dl, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    return [trainer.train_step(next(dl))["loss"] for _ in range(n)]
+
+
+def test_k_class_training_through_nnunet_and_seqlora_hand_over(sam_datasets, monkeypatch, tmp_path):
+    """Stage 1: SAMLoRATrainer on the two-label dataset (3 classes, no deep supervision) through nnU-Net's
+    train_step; stage 2: SAMLoRATrainer_SeqLoRA (prompted, 2 outputs) on the one-label dataset takes its LoRA
+    (frozen) and the matching decoder layers; then only stage 2's weights move."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv(ENV_VAR, sam_datasets["sam_file"])
+    s1 = _trainer(sam_datasets, TWO_LABEL_ID, "SAMLoRATrainer")
+    s1.initialize()
+    assert not s1.enable_deep_supervision and s1.network.decoder[-1].out_channels == 3
+    assert type(s1.loss).__name__ != "DeepSupervisionWrapper"
+    assert all(np.isfinite(_steps(s1, 2)))
+    ckpt = str(tmp_path / "stage1.pth")
+    s1.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["sam_model"]["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
+    assert not any(SAMSegNet_is_base(k) for k in saved["network_weights"])
+
+    monkeypatch.setenv("NNUNET_PROMPT_SEQLORA_FROM", ckpt)
+    s2 = _trainer(sam_datasets, ONE_LABEL_ID, "SAMLoRATrainer_SeqLoRA")
+    s2.initialize()
+    taken = s2.hand_over_stage1()
+    w1 = saved["network_weights"]
+    assert any(f".lora_B.{STAGE1}." in k for k in taken)
+    own = dict(s2.network.named_parameters())
+    assert all(torch.equal(own[k], w1[k]) and not own[k].requires_grad for k in w1 if ".lora_" in k)
+    assert "decoder.0.weight" in taken and "decoder.7.weight" not in taken  # class layer: 3 vs 2 outputs
+    before = {k: v.detach().clone() for k, v in own.items()}
+    assert all(np.isfinite(_steps(s2, 2)))
+    after = dict(s2.network.named_parameters())
+    assert all(torch.equal(after[k], before[k]) for k in before if f".{STAGE1}." in k)
+    assert any(not torch.equal(after[k], before[k]) for k in before if f".lora_A.{STAGE2}." in k)
+    assert not torch.equal(after["seqlora.alpha"], before["seqlora.alpha"])
+    assert not torch.equal(after["encoder_gates"], before["encoder_gates"])
+
+
+def SAMSegNet_is_base(key):
+    from nnunet_prompt.sam.network import SAMSegmentationNet
+    return SAMSegmentationNet.is_base_key(key)
+
+
+def test_slice_wise_box_prompts_in_training_and_in_nnunets_2d_prediction(sam_datasets, monkeypatch):
+    """Training: one box per target per slice. Prediction: a 3D box prompt becomes the box on every slice it
+    spans, and nnU-Net's 2d sliding window hands each slice its own prompt channels."""
+    from nnunet_prompt.inference.predictor import PromptPredictor
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv(ENV_VAR, sam_datasets["sam_file"])
+    t = _trainer(sam_datasets, ONE_LABEL_ID, "SAMLoRATrainer_box")
+    t.initialize()
+    dl, _ = t.get_dataloaders()
+    batch = next(dl)
+    target = t.select_targets([batch["target"].to(t.device)])[0]
+    prompts = t.simulate_prompts(batch["data"], target, rounds=1)
+    assert prompts.shape == (batch["data"].shape[0], 4, 64, 64)
+    assert prompts[:, POS].sum() == 0 and prompts[:, MASK].sum() == 0
+    for i in range(target.shape[0]):
+        obj = target[i, 0] == 1
+        if obj.any():
+            ys, xs = torch.nonzero(obj, as_tuple=True)
+            box = prompts[i, BOX] > 0
+            assert box[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # box covers the target (+ margin)
+        else:
+            assert prompts[i].sum() == 0
+
+    class BoxEcho(torch.nn.Module):
+        """object logit = box channel: shows which prompt pixels each 2D slice receives"""
+        def forward(self, x):
+            return torch.stack([torch.zeros_like(x[:, 1 + BOX]), x[:, 1 + BOX] - 0.5], 1)
+
+    pred = PromptPredictor(tile_step_size=0.5, use_gaussian=False, use_mirroring=False, perform_everything_on_device=False,
+                           device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    pred.manual_initialization(BoxEcho(), t.plans_manager, t.configuration_manager, None, t.dataset_json,
+                               "SAMLoRATrainer_box", None)
+    pred.prompt_encoding = t.prompt_encoding
+    data = torch.zeros((1, 6, 40, 40))
+    channels = torch.zeros((4, 6, 40, 40))
+    channels[BOX, 2:4, 10:20, 5:30] = 1  # a 3D box over slices 2-3
+    logits = pred.predict_prompted_logits(data, {1: channels})
+    fg = logits[1] > 0
+    assert fg[2:4, 10:20, 5:30].all() and fg.sum() == 2 * 10 * 25
+
+
+@pytest.fixture(scope="module")
+def box_trained(sam_datasets):
+    """SAMLoRATrainer_box_demo through `nnUNetv2_train`: 1 epoch of 2 iterations, then `--c` to a second epoch."""
+    env = dict(sam_datasets["env"], NNUNET_PROMPT_DEMO_ITERS="2", NNUNET_PROMPT_SAM_CHECKPOINT=sam_datasets["sam_file"],
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", sam_datasets["env"]["OMP_NUM_THREADS"]))
+    tr = "SAMLoRATrainer_box_demo"
+    cmd = [console_script("nnUNetv2_train"), str(ONE_LABEL_ID), CONFIG, "0", "-tr", tr, "-p", PLANS, "-device", "cpu"]
+    first = run(cmd, dict(env, NNUNET_PROMPT_DEMO_EPOCHS="1"))
+    assert first.returncode == 0, first.stdout[-5000:]
+    folder = os.path.join(env["nnUNet_results"], sam_datasets["names"][ONE_LABEL_ID], f"{tr}__{PLANS}__{CONFIG}")
+    ckpt1 = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    # resume: no environment variable needed any more, the base is recorded in sam_model.json
+    env_c = {k: v for k, v in env.items() if k != ENV_VAR}
+    second = run(cmd + ["--c"], dict(env_c, NNUNET_PROMPT_DEMO_EPOCHS="2"))
+    assert second.returncode == 0, second.stdout[-5000:]
+    return {"folder": folder, "env": env, "ckpt1": ckpt1, "tr": tr}
+
+
+def test_nnunetv2_train_resume_and_small_checkpoints(box_trained, sam_datasets):
+    folder = box_trained["folder"]
+    info = json.load(open(os.path.join(folder, "sam_model.json")))
+    assert info["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
+    assert box_trained["ckpt1"]["current_epoch"] == 1
+    path = os.path.join(folder, "fold_0", "checkpoint_final.pth")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    assert ckpt["current_epoch"] == 2 and ckpt["sam_model"] == info
+    weights = ckpt["network_weights"]
+    assert not any(SAMSegNet_is_base(k) for k in weights)
+    assert any(".lora_A." in k for k in weights) and any(k.startswith("decoder.") for k in weights)
+    base_bytes = os.path.getsize(sam_datasets["sam_file"])
+    assert sum(v.numel() * v.element_size() for v in weights.values()) < base_bytes
+    val = os.path.join(folder, "fold_0", "validation")
+    assert "foreground_mean" in json.load(open(os.path.join(val, "summary.json")))
+    used = json.load(open(os.path.join(val, "simulated_prompts_rank0.json")))
+    assert used and all(v["prompt"] == "box" for v in used.values())
+
+
+def test_nnunet_prompt_predict_loads_the_small_checkpoint_with_the_recorded_base(box_trained, sam_datasets, tmp_path):
+    env = {k: v for k, v in box_trained["env"].items() if k != ENV_VAR}
+    raw = os.path.join(env["nnUNet_raw"], sam_datasets["names"][ONE_LABEL_ID])
+    images = os.path.join(raw, "imagesTs")
+    case = sorted(os.listdir(images))[0][:-len("_0000.nii.gz")]
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({case: {"boxes": [{"min": [5, 5, 1], "max": [30, 30, 5]}]}}))
+    out = tmp_path / "pred"
+    cmd = [console_script("nnunet-prompt"), "predict", "-i", images, "-o", str(out), "-d", str(ONE_LABEL_ID), "-c",
+           CONFIG, "-f", "0", "-tr", box_trained["tr"], "-p", PLANS, "--prompts", str(prompts), "-device", "cpu"]
+    proc = run(cmd, env)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    import SimpleITK as sitk
+    pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+    ref = sitk.ReadImage(os.path.join(images, f"{case}_0000.nii.gz"))
+    assert pred.GetSize() == ref.GetSize()
+    # a moved base file is refused with the fix named
+    proc = run(cmd[:5] + [str(tmp_path / "pred2")] + cmd[6:], dict(env, **{ENV_VAR: str(tmp_path / "nowhere.pth")}))
+    assert proc.returncode != 0 and ENV_VAR in proc.stdout

@@ -13,11 +13,11 @@ Logic: nnunet_prompt.training.sam_trainer and nnunet_prompt.sam. Variants:
   model that NNUNET_PROMPT_SEQLORA_FROM names; ``SAMLoRATrainer_SeqLoRA_noPrompt``: SeqLoRA alone, k classes;
 * ``*_randomInit``: no checkpoint file, a randomly initialised ViT-B (NNUNET_PROMPT_SAM_RANDOM_VARIANT), for
   experiments and GPU timing only;
-* ``*_5epochs`` etc.: short schedules.
+* ``*_5epochs`` etc.: short schedules; ``*_demo``: the CPU demo schedule (NNUNET_PROMPT_DEMO_EPOCHS/ITERS).
 """
 from nnunet_prompt.interaction.simulation import SimulationPolicy
 from nnunet_prompt.sam.network import SAMNetworkOptions
-from nnunet_prompt.training.sam_trainer import SAMLoRATrainerBase, SAMPromptTrainerBase
+from nnunet_prompt.training.sam_trainer import SAMDemoSchedule, SAMLoRATrainerBase, SAMPromptTrainerBase
 from nnunet_prompt.training.schedules import epochs
 
 
@@ -78,3 +78,11 @@ SAMLoRATrainer_5epochs = epochs(SAMLoRATrainer, 5, "SAMLoRATrainer_5epochs")
 SAMLoRATrainer_50epochs = epochs(SAMLoRATrainer, 50, "SAMLoRATrainer_50epochs")
 SAMLoRATrainer_box_5epochs = epochs(SAMLoRATrainer_box, 5, "SAMLoRATrainer_box_5epochs")
 SAMLoRATrainer_box_50epochs = epochs(SAMLoRATrainer_box, 50, "SAMLoRATrainer_box_50epochs")
+
+
+class SAMLoRATrainer_demo(SAMDemoSchedule, SAMLoRATrainer):
+    """CPU-sized schedule (NNUNET_PROMPT_DEMO_EPOCHS x NNUNET_PROMPT_DEMO_ITERS), for demos and tests."""
+
+
+class SAMLoRATrainer_box_demo(SAMDemoSchedule, SAMLoRATrainer_box):
+    pass

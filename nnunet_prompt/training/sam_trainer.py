@@ -39,6 +39,7 @@ from nnunet_prompt.sam.model_info import SAMModelInfo, active_info, using
 from nnunet_prompt.sam.network import SAMNetworkOptions, SAMSegmentationNet, build_sam_network
 from nnunet_prompt.training.prompt_trainer import (IN_CHANNELS_ATTR, NUM_OUTPUTS, PromptTrainerBase,
                                                    _append_empty_prompts_hook)
+from nnunet_prompt.training.schedules import DemoSchedule
 
 SEQLORA_ENV_VAR = "NNUNET_PROMPT_SEQLORA_FROM"
 
@@ -204,3 +205,12 @@ class SAMPromptTrainerBase(SAMTrainerMixin, PromptTrainerBase):
         if x.ndim == 5 and x.shape[2] == 1:
             return super()._forward_prediction(x[:, :, 0])[:, None]
         return super()._forward_prediction(x)
+
+
+class SAMDemoSchedule(DemoSchedule):
+    """DemoSchedule (NNUNET_PROMPT_DEMO_EPOCHS x NNUNET_PROMPT_DEMO_ITERS, AdamW) on the trainable weights only."""
+
+    def configure_optimizers(self):
+        optimizer = AdamW([p for p in self.network.parameters() if p.requires_grad], lr=self.initial_lr,
+                          weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
