@@ -62,7 +62,13 @@ class SAMModelInfo:
 
     def relocated(self) -> "SAMModelInfo":
         """The base file found again (``NNUNET_PROMPT_SAM_CHECKPOINT`` names it when it moved)."""
-        return self if self.base is None else replace(self, base=self.base.relocated())
+        if self.base is None:
+            return self
+        try:
+            return replace(self, base=self.base.relocated())
+        except SAMCheckpointError as e:
+            raise SAMCheckpointError(f"{e} (this model's SAM base, recorded in {MODEL_INFO_FILENAME}: {self.base.path}; "
+                                     f"{ENV_VAR} names its new place if it moved)") from None
 
 
 _active: List[SAMModelInfo] = []
