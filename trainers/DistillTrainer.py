@@ -16,11 +16,6 @@ class DistillTrainer_narrow(DistillTrainerBase):
     width_divisor = 2
 
 
-class DistillTrainer_lambda1(DistillTrainerBase):
-    """λ = 1: the labels alone (the teacher still runs): the no-distillation control on identical plans."""
-    distill_lambda = 1.0
-
-
 DistillTrainer_1epoch = epochs(DistillTrainer, 1, "DistillTrainer_1epoch")
 DistillTrainer_5epochs = epochs(DistillTrainer, 5, "DistillTrainer_5epochs")
 DistillTrainer_50epochs = epochs(DistillTrainer, 50, "DistillTrainer_50epochs")

@@ -51,10 +51,10 @@ class AutoPromptGenerator(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, grid: Sequence[int], features: int = 32):
         super().__init__()
         from dynamic_network_architectures.architectures.unet import PlainConvUNet
-        # halve every axis that stays >= 2 tokens (instance norm needs more than one voxel); at most 3 stages
+        # halve every even axis that stays >= 2 tokens (instance norm needs more than one voxel); at most 3 stages
         strides, size = [[1, 1, 1]], list(grid)
         while len(strides) < 3:
-            s = [2 if g >= 4 else 1 for g in size]
+            s = [2 if g >= 4 and g % 2 == 0 else 1 for g in size]
             if s == [1, 1, 1]:
                 break
             strides.append(s)
