@@ -7,6 +7,31 @@ import pytest
 from conftest import CONFIG, console_script, run
 
 SAM_PLANS = "nnUNetPlansSAM3D_32"
+TEACHER = "SAMAdapter3DTrainer_testNoMirror"
+STUDENT = "DistillTrainer_narrow_testNoMirror"
+
+# the demo schedules without test-time mirroring, so that nnU-Net's final validation (run after every
+# nnUNetv2_train, also after --c) takes 4 instead of 32 forward passes per case on the CI's 2 cores
+_TEST_TRAINERS = """
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import nnUNetTrainerNoMirroring
+from nnunet_prompt_trainers.DistillTrainer import DistillTrainer_narrow_demo
+from nnunet_prompt_trainers.SAMAdapter3DTrainer import SAMAdapter3DTrainer_demo
+
+
+class SAMAdapter3DTrainer_testNoMirror(SAMAdapter3DTrainer_demo, nnUNetTrainerNoMirroring):
+    pass
+
+
+class DistillTrainer_narrow_testNoMirror(DistillTrainer_narrow_demo, nnUNetTrainerNoMirroring):
+    pass
+"""
+
+
+@pytest.fixture(scope="session")
+def test_trainer_folder(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("test_trainers")
+    (folder / "sam_adapter3d_test_trainers.py").write_text(_TEST_TRAINERS)
+    return str(folder)
 
 
 def tiny_sam_config(**overrides):
@@ -45,8 +70,9 @@ def sam3d_plans(planned_dataset):
     return planned_dataset
 
 
-def sam_env(planned_dataset, tiny_sam, **extra):
+def sam_env(planned_dataset, tiny_sam, trainer_folder, **extra):
     env = dict(planned_dataset["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="2",
+               nnUNet_extTrainer=os.pathsep.join([planned_dataset["env"]["nnUNet_extTrainer"], trainer_folder]),
                NNUNET_PROMPT_SAM_CHECKPOINT=tiny_sam,
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", planned_dataset["env"]["OMP_NUM_THREADS"]))
     env.pop("NNUNET_PROMPT_DISTILL_TEACHER", None)
@@ -55,10 +81,11 @@ def sam_env(planned_dataset, tiny_sam, **extra):
 
 
 @pytest.fixture(scope="session")
-def teacher_fold(sam3d_plans, tiny_sam):
-    """SAMAdapter3DTrainer_demo, 1 epoch of 2 iterations, through `nnUNetv2_train` (final validation included)."""
-    trainer = "SAMAdapter3DTrainer_demo"
-    env = sam_env(sam3d_plans, tiny_sam)
+def teacher_fold(sam3d_plans, tiny_sam, test_trainer_folder):
+    """SAMAdapter3DTrainer (demo schedule, 1 epoch of 2 iterations) through `nnUNetv2_train`, final validation
+    included."""
+    trainer = TEACHER
+    env = sam_env(sam3d_plans, tiny_sam, test_trainer_folder)
     cmd = [console_script("nnUNetv2_train"), str(sam3d_plans["id"]), CONFIG, "0", "-tr", trainer, "-p", SAM_PLANS,
            "-device", "cpu"]
     proc = run(cmd, env)

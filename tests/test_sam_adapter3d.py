@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import CONFIG
-from sam_adapter3d_fixtures import SAM_PLANS, sam3d_plans, sam_env, teacher_fold, tiny_sam, tiny_sam_config  # noqa: F401
+from sam_adapter3d_fixtures import (SAM_PLANS, sam3d_plans, teacher_fold, test_trainer_folder,  # noqa: F401
+                                    tiny_sam)
 from nnunet_prompt.networks.auto_sam_adapter import AutoSAMAdapter3D, AutoSAMOptions, exclude_from_checkpoints
 from nnunet_prompt.sam.adapter3d import SAMEncoder3D
 from nnunet_prompt.sam.checkpoint import ENV_VAR, SAMCheckpointError, load_sam_image_encoder
