@@ -43,7 +43,7 @@ def main(argv=None):
 
     work = nnunet_workdir(a.workdir)
     os.environ.setdefault("nnUNet_compile", "0")
-    os.environ.setdefault("nnUNet_n_proc_DA", "8" if a.device == "cuda" else "0")
+    os.environ.setdefault("nnUNet_n_proc_DA", "8" if a.device == "cuda" else "1")  # 0 crashes planning
     from nnunet_prompt.nnunet_env import ensure_trainer_path_registered
     ensure_trainer_path_registered()
 
