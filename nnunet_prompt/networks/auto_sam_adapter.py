@@ -16,7 +16,6 @@ No deep supervision: one full-resolution output (the seed has none), so the trai
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import List, Sequence
 
@@ -147,10 +146,3 @@ def exclude_from_checkpoints(network: nn.Module, names: Sequence[str]) -> None:
     network.register_state_dict_post_hook(drop)
     network.register_load_state_dict_post_hook(accept_missing)
 
-
-def trainable_parameter_count(network: nn.Module) -> int:
-    return sum(p.numel() for p in network.parameters() if p.requires_grad)
-
-
-def tokens(grid: Sequence[int]) -> int:
-    return int(math.prod(grid))
