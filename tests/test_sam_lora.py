@@ -233,6 +233,16 @@ def test_k_class_training_through_nnunet_and_seqlora_hand_over(sam_datasets, mon
     s1.initialize()
     assert not s1.enable_deep_supervision and s1.network.decoder[-1].out_channels == 3
     assert type(s1.loss).__name__ != "DeepSupervisionWrapper"
+    # the base reference travels in the plans (plans.json beside the model): rebuilding needs no variable
+    from nnunet_prompt.training.sam_trainer import PLANS_KEY
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    assert s1.plans_manager.plans[PLANS_KEY]["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
+    with monkeypatch.context() as m:
+        m.delenv(ENV_VAR)
+        pm = PlansManager(dict(s1.plans_manager.plans))
+        rebuilt = type(s1).build_network_architecture(pm, pm.get_configuration(CONFIG), 1, 3, False)
+        assert torch.equal(rebuilt.encoder.patch_embed.projection.weight,
+                           s1.network.encoder.patch_embed.projection.weight)
     assert all(np.isfinite(_steps(s1, 2)))
     ckpt = str(tmp_path / "stage1.pth")
     s1.save_checkpoint(ckpt)
@@ -357,6 +367,35 @@ def test_nnunet_prompt_predict_loads_the_small_checkpoint_with_the_recorded_base
     pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
     ref = sitk.ReadImage(os.path.join(images, f"{case}_0000.nii.gz"))
     assert pred.GetSize() == ref.GetSize()
+    # plain nnUNetv2_predict (no prompts: empty prompt channels) rebuilds the encoder from plans.json alone
+    plain = run([console_script("nnUNetv2_predict"), "-i", images, "-o", str(tmp_path / "plain"), "-d",
+                 str(ONE_LABEL_ID), "-c", CONFIG, "-f", "0", "-tr", box_trained["tr"], "-p", PLANS, "-device", "cpu",
+                 "--disable_tta"], env)
+    assert plain.returncode == 0, plain.stdout[-5000:]
+    assert os.path.isfile(tmp_path / "plain" / f"{case}.nii.gz")
     # a moved base file is refused with the fix named
     proc = run(cmd[:5] + [str(tmp_path / "pred2")] + cmd[6:], dict(env, **{ENV_VAR: str(tmp_path / "nowhere.pth")}))
     assert proc.returncode != 0 and ENV_VAR in proc.stdout
+
+
+def test_interactive_session_prompts_a_2d_model_slice_by_slice(box_trained, sam_datasets, monkeypatch):
+    """A 2d SAM box model in the interactive session: an interaction predicts exactly its prompt's slices
+    (whole slices, no growth into other slices), and the mask comes back on the image's grid."""
+    from nnunet_prompt.inference.session import InteractiveSession
+    monkeypatch.delenv(ENV_VAR, raising=False)  # the base file comes from the model folder's records
+    raw = os.path.join(sam_datasets["env"]["nnUNet_raw"], sam_datasets["names"][ONE_LABEL_ID])
+    image = os.path.join(raw, "imagesTs", sorted(os.listdir(os.path.join(raw, "imagesTs")))[0])
+    s = InteractiveSession(box_trained["folder"], fold=0, device="cpu")
+    assert s.slice_wise
+    s.set_image(image)
+    depth, height, width = s._grid.shape
+    mask = s.add_box((5, 5, 2), (30, 30, 4))
+    assert mask.shape == tuple(s._grid.raw_shape_zyx)
+    assert s.last_region == ((2, 0, 0), (5, height, width))
+    outside = np.ones(depth, bool)
+    outside[2:5] = False
+    assert not mask[outside].any()
+    s.add_point((20, 20, 6))
+    assert s.last_region == ((6, 0, 0), (7, height, width))
+    s.undo()
+    assert not s.mask[6].any() and (s.mask == mask).all()

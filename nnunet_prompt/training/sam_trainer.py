@@ -42,6 +42,9 @@ from nnunet_prompt.training.prompt_trainer import (IN_CHANNELS_ATTR, NUM_OUTPUTS
 from nnunet_prompt.training.schedules import DemoSchedule
 
 SEQLORA_ENV_VAR = "NNUNET_PROMPT_SEQLORA_FROM"
+# the SAM model info inside plans.json, which nnU-Net copies beside the trained model and hands to
+# build_network_architecture at prediction: plain nnUNetv2_predict then finds the base file without the variable
+PLANS_KEY = "nnunet_prompt_sam_lora"
 
 
 def check_sam_patch(configuration_manager) -> int:
@@ -73,7 +76,9 @@ class SAMTrainerMixin:
     def _build_sam(cls, plans_manager, configuration_manager, num_image_channels: int, num_outputs: int,
                    num_prompt_channels: int) -> SAMSegmentationNet:
         size = check_sam_patch(configuration_manager)
-        return build_sam_network(active_info(cls.sam_random_init), size, num_outputs,
+        stored = plans_manager.plans.get(PLANS_KEY)
+        info = active_info(cls.sam_random_init) if stored is None else SAMModelInfo.from_dict(stored).relocated()
+        return build_sam_network(info, size, num_outputs,
                                  configuration_manager.normalization_schemes,
                                  plans_manager.foreground_intensity_properties_per_channel,
                                  num_prompt_channels, cls.sam_options)
@@ -95,6 +100,7 @@ class SAMTrainerMixin:
         if not self.was_initialized:
             self.sam_info = self.resolve_sam_info()
             check_sam_patch(self.configuration_manager)
+            self.plans_manager.plans[PLANS_KEY] = self.sam_info.to_dict()
         with using(self.sam_info):
             super().initialize()
 
