@@ -20,6 +20,7 @@ setup(
         "nnunet_prompt.evaluation",
         "nnunet_prompt.text",
         "nnunet_prompt.networks",
+        "nnunet_prompt.sam",
         "nnunet_prompt_trainers",
         "nnunet_prompt_planners",
         "nnunet_prompt_datasets",

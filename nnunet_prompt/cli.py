@@ -275,11 +275,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from nnunet_prompt.prompts.model import PromptError
     from nnunet_prompt_datasets.conversion_errors import ConversionError
     from nnunet_prompt.text.language_model import TextModelError
+    from nnunet_prompt.sam.checkpoint import SAMCheckpointError
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (PromptError, NnUNetEnvironmentError, EvaluationError, FileNotFoundError, ConversionError,
-            TextModelError) as e:
+            TextModelError, SAMCheckpointError) as e:
         print(f"nnunet-prompt: error: {e}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -44,6 +44,15 @@ UNPROMPTED_LOGIT = -100.0
 UNREACHED_LOGIT = -10.0  # cross-patch prediction: voxels outside every predicted patch (as the session's background)
 
 
+def volume_spacing(configuration_spacing, properties: dict, transpose_forward):
+    """Spacing of a case's preprocessed volume. A 2d configuration's spacing is in-plane only; its preprocessed
+    data are whole volumes whose slice spacing is the case's own (nnU-Net's DefaultPreprocessor keeps it)."""
+    spacing = [float(v) for v in configuration_spacing]
+    if len(spacing) == 2:
+        spacing = [float(properties["spacing"][transpose_forward[0]])] + spacing
+    return spacing
+
+
 def object_label_manager() -> LabelManager:
     """Labels of one prompted object: what a prompt model's two outputs mean."""
     return LabelManager({"background": 0, "object": 1}, None)
@@ -84,7 +93,11 @@ class PromptPredictor(nnUNetPredictor):
                 super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
             self.prompt_encoding = None
             return
-        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        # SAM models: the frozen encoder comes from the base file recorded beside plans.json (found again if moved)
+        from nnunet_prompt.sam.model_info import SAMModelInfo, using as using_sam
+        sam_info = SAMModelInfo.load(model_training_output_dir)
+        with using_sam(None if sam_info is None else sam_info.relocated()):
+            super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         # the layout the model was trained with, not whatever the trainer code says today
         self.prompt_encoding = PromptEncoding.load(model_training_output_dir)
         num_image_channels = len(self.dataset_json['channel_names'])
@@ -183,6 +196,7 @@ class PromptPredictor(nnUNetPredictor):
         labels = foreground_labels(self.dataset_json)
         out: Dict[int, torch.Tensor] = {}
         self._current_case, self._current_case_clicks = case, {}
+        spacing = volume_spacing(self.configuration_manager.spacing, properties, self.plans_manager.transpose_forward)
         for p in prompts:
             label = p.resolve_label(labels, case, self.prompts_source)
             if label in out:
@@ -194,7 +208,7 @@ class PromptPredictor(nnUNetPredictor):
             if vp.mask is not None:
                 mask = grid.mask_to_preprocessed(vp.mask, self.configuration_manager, properties["spacing"])
             out[label] = encode_preprocessed(
-                grid.shape, self.configuration_manager.spacing, self.prompt_encoding,
+                grid.shape, spacing, self.prompt_encoding,
                 positive=[grid.raw_to_preprocessed(x) for x in vp.positive_points],
                 negative=[grid.raw_to_preprocessed(x) for x in vp.negative_points],
                 boxes=[grid.box_to_preprocessed(b.min, b.max) for b in vp.boxes],

@@ -17,6 +17,9 @@
   segments the patch around it (no growth), then the model's CPP head proposes clicks for the neighbouring
   patches and those are segmented and merged, until no new patch is proposed or ``max_patches`` are done
   (``nnunet_prompt.inference.cross_patch``). ``proposed_points`` lists the clicks it made; undo removes them.
+* 2d models (e.g. SAMLoRATrainer_box on a SAM2DPlanner plan) are prompted slice by slice, as they were
+  trained: an interaction predicts the slices its prompt lies on (a click its slice, a box its z range), all
+  of each slice, and never grows into other slices (a 2d model cannot see an object beyond its prompt's slices).
 * Text-conditioned models (TextPromptTrainer) take ``set_text("Left-sided tumour, cT2N1M0.")`` instead of
   points and boxes: the whole image is predicted with that text and ``mask`` is the dataset's label map.
 """
@@ -32,6 +35,7 @@ import torch
 from nnunet_prompt.inference.cross_patch import (CrossPatchPropagator, Propagation, bounding_region,
                                                 require_cross_patch_head)
 from nnunet_prompt.inference.predictor import PromptPredictor, object_label_manager
+from nnunet_prompt.inference.predictor import PromptPredictor, object_label_manager, volume_spacing
 from nnunet_prompt.prompts.encoding import encode_preprocessed
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
 from nnunet_prompt.prompts.model import Prompt
@@ -56,6 +60,8 @@ def grown_region(region: Region, object_in_region: np.ndarray, patch: Sequence[i
     lo, hi = list(region[0]), list(region[1])
     grew = False
     for a in range(3):
+        if int(patch[a]) // 2 == 0:  # a zero step: this axis does not grow (slice-wise 2d models)
+            continue
         first = np.take(object_in_region, 0, axis=a)
         last = np.take(object_in_region, -1, axis=a)
         if lo[a] > 0 and first.any():
@@ -90,6 +96,7 @@ class InteractiveSession:
         self.predictor.network.load_state_dict(self.predictor.list_of_parameters[0])
         self.predictor.network.eval()
         self.patch = [int(p) for p in self.predictor.configuration_manager.patch_size]
+        self.slice_wise = len(self.patch) == 2  # a 2d configuration: see the module doc
         self.max_growth = max_growth
         self.cross_patch: Optional[CrossPatchPropagator] = None
         if cross_patch:
@@ -128,6 +135,7 @@ class InteractiveSession:
         self._data = torch.from_numpy(np.ascontiguousarray(pre)).float()
         self._grid = PreprocessedGrid(props, pm.transpose_forward, pre.shape[1:])
         self._geometry = ImageGeometry.from_nnunet_properties(props, self._grid.raw_shape_zyx)
+        self._spacing = volume_spacing(cm.spacing, props, pm.transpose_forward)  # 3D even for 2d configurations
         self.reset()
 
     def _require_image(self):
@@ -175,6 +183,7 @@ class InteractiveSession:
         p = self._grid.raw_to_preprocessed(vp.positive_points[0] if positive else vp.negative_points[0])
         prompts = self._prompts.copy()
         (prompts.positive if positive else prompts.negative).append(p)
+        return self._interact(prompts, center=p, z_range=(int(round(p[0])), int(round(p[0])) + 1))
         if positive and self.cross_patch is not None:
             return self._interact_cross_patch(prompts, center=p)
         return self._interact(prompts, center=p)
@@ -185,7 +194,8 @@ class InteractiveSession:
         b = self._grid.box_to_preprocessed(vp.boxes[0].min, vp.boxes[0].max)
         prompts = self._prompts.copy()
         prompts.boxes.append(b)
-        return self._interact(prompts, center=(np.asarray(b[0]) + np.asarray(b[1])) / 2)
+        return self._interact(prompts, center=(np.asarray(b[0]) + np.asarray(b[1])) / 2,
+                              z_range=(int(b[0][0]), int(b[1][0]) + 1))
 
     def add_mask(self, mask: np.ndarray) -> np.ndarray:
         """A mask prompt (z, y, x) on the image grid: it becomes the previous result, then the region around
@@ -202,7 +212,8 @@ class InteractiveSession:
             raise ValueError("The mask prompt vanishes on the model's grid (smaller than one preprocessed voxel).")
         before = (self._prompts, ((0, 0, 0), self._grid.shape), self._logits.clone())
         self._logits = torch.where(torch.from_numpy(pre), -BACKGROUND_LOGIT, BACKGROUND_LOGIT).float()
-        out = self._interact(self._prompts.copy(), center=np.argwhere(pre).mean(0))
+        z = np.flatnonzero(pre.any(axis=(1, 2)))
+        out = self._interact(self._prompts.copy(), center=np.argwhere(pre).mean(0), z_range=(int(z[0]), int(z[-1]) + 1))
         self._history[-1] = before  # undo restores the whole volume as it was before the mask
         return out
 
@@ -265,13 +276,19 @@ class InteractiveSession:
             logits = self.predictor.predict_sliding_window_return_logits(x).float().cpu()
         return logits[1] - logits[0]
 
-    def _interact(self, prompts: _Prompts, center) -> np.ndarray:
+    def _interact(self, prompts: _Prompts, center, z_range: Tuple[int, int]) -> np.ndarray:
         t0 = time.perf_counter()
         shape = self._grid.shape
-        region = region_around(center, self.patch, shape)
+        if self.slice_wise:  # the prompt's slices, whole; growth only in-plane (there is nothing to grow)
+            z0, z1 = max(0, z_range[0]), min(int(shape[0]), z_range[1])
+            region = ((z0, 0, 0), (z1, int(shape[1]), int(shape[2])))
+            growth = [0, 0, 0]
+        else:
+            region = region_around(center, self.patch, shape)
+            growth = self.patch
         for attempt in range(self.max_growth + 1):
             diff = self._predict_region(prompts, region)
-            bigger = grown_region(region, (diff > 0).numpy(), self.patch, shape) if attempt < self.max_growth else None
+            bigger = grown_region(region, (diff > 0).numpy(), growth, shape) if attempt < self.max_growth else None
             if bigger is None:
                 break
             region = bigger

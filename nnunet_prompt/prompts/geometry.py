@@ -157,6 +157,8 @@ class PreprocessedGrid:
         m = np.asarray(mask_zyx, dtype=np.int16).transpose(self.transpose_forward)
         m = m[tuple(slice(lo, hi) for lo, hi in self.bbox)]
         spacing_t = [float(original_spacing_zyx[i]) for i in self.transpose_forward]
-        resampled = configuration_manager.resampling_fn_seg(m[None], self.shape, spacing_t,
-                                                            configuration_manager.spacing)
+        target = list(configuration_manager.spacing)
+        if len(target) == 2:  # 2d configuration: in-plane spacing only, slices keep theirs
+            target = [spacing_t[0]] + target
+        resampled = configuration_manager.resampling_fn_seg(m[None], self.shape, spacing_t, target)
         return np.asarray(resampled[0]) > 0

@@ -78,14 +78,23 @@ def run_prompted_validation(trainer, save_probabilities: bool = False) -> None:
 
     types = trainer.simulation_policy.initial_types
     prompt_type = trainer.validation_prompt_type if trainer.validation_prompt_type in types else types[0]
-    simulator = InteractionSimulator(trainer.prompt_encoding, trainer.configuration_manager.spacing,
+    spacing = list(trainer.configuration_manager.spacing)
+    slice_wise = len(spacing) == 2
+    if slice_wise:  # 2d models are prompted slice by slice, as in training: one prompt per target per slice
+        spacing = [float(trainer.plans_manager.plans['original_median_spacing_after_transp'][0])] + spacing
+    simulator = InteractionSimulator(trainer.prompt_encoding, spacing,
                                      trainer.simulation_policy, seed=trainer.simulation_seed, device=trainer.device)
 
     def predict_case(k, data, seg):
         channels = {}
         for name, label in trainer.target_labels.items():
             obj = torch.from_numpy(seg == label).to(trainer.device)
-            if bool(obj.any()):
+            if not bool(obj.any()):
+                continue
+            if slice_wise:  # slices as a batch of one-slice volumes -> (C, Z, Y, X)
+                channels[label] = simulator.initial_prompts(obj[:, None], [prompt_type] * obj.shape[0])[:, :, 0] \
+                    .transpose(0, 1).cpu()
+            else:
                 channels[label] = simulator.initial_prompts(obj[None], [prompt_type])[0].cpu()
         trainer.print_to_log_file(f"predicting {k} with simulated '{prompt_type}' prompts for labels {sorted(channels)}")
         return predictor.predict_prompted_logits(data, channels), {"labels": sorted(channels), "prompt": prompt_type}
