@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "case's text and fields; a prompt's 'text' takes precedence")
     s.add_argument("--allow-missing-prompts", action="store_true",
                    help="predict cases without a prompt entry as background instead of failing")
-    _cross_patch_arguments(s, "each prompt's positive clicks")
+    _cross_patch_arguments(s, "each positive click of a prompt")
     s.add_argument("-step_size", type=float, default=0.5)
     s.add_argument("--disable_tta", action="store_true")
     s.add_argument("--save_probabilities", action="store_true")
