@@ -34,7 +34,6 @@ import torch
 
 from nnunet_prompt.inference.cross_patch import (CrossPatchPropagator, Propagation, bounding_region,
                                                 require_cross_patch_head)
-from nnunet_prompt.inference.predictor import PromptPredictor, object_label_manager
 from nnunet_prompt.inference.predictor import PromptPredictor, object_label_manager, volume_spacing
 from nnunet_prompt.prompts.encoding import encode_preprocessed
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
@@ -183,10 +182,9 @@ class InteractiveSession:
         p = self._grid.raw_to_preprocessed(vp.positive_points[0] if positive else vp.negative_points[0])
         prompts = self._prompts.copy()
         (prompts.positive if positive else prompts.negative).append(p)
-        return self._interact(prompts, center=p, z_range=(int(round(p[0])), int(round(p[0])) + 1))
         if positive and self.cross_patch is not None:
             return self._interact_cross_patch(prompts, center=p)
-        return self._interact(prompts, center=p)
+        return self._interact(prompts, center=p, z_range=(int(round(p[0])), int(round(p[0])) + 1))
 
     def add_box(self, lo: Sequence[float], hi: Sequence[float], coordinates: str = "voxel") -> np.ndarray:
         self._require_spatial()
@@ -265,8 +263,9 @@ class InteractiveSession:
             if np.all(a <= b):
                 boxes.append((tuple(a), tuple(b)))
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        return encode_preprocessed(shape, self.predictor.configuration_manager.spacing, self.predictor.prompt_encoding,
-                                   positive=[p - lo for p in prompts.positive + prompts.proposed], negative=[p - lo for p in prompts.negative],
+        return encode_preprocessed(shape, self._spacing, self.predictor.prompt_encoding,
+                                   positive=[p - lo for p in prompts.positive + prompts.proposed],
+                                   negative=[p - lo for p in prompts.negative],
                                    boxes=boxes, mask=(self._logits[sl] > 0).numpy())
 
     def _predict_region(self, prompts: _Prompts, region: Region) -> torch.Tensor:
