@@ -62,6 +62,8 @@ def _cmd_predict(a) -> None:
                                 allow_tqdm=True)
     folds = [f if f == "all" else int(f) for f in a.f]
     predictor.initialize_from_trained_model_folder(model_folder, folds, a.chk)
+    if a.cross_patch:
+        predictor.enable_cross_patch(model_folder, a.cross_patch_threshold, a.max_patches)
     if predictor.clinical_context is None and not a.prompts:
         raise PromptError(f"Model '{model_folder}' takes spatial prompts: give them with --prompts prompts.json "
                           f"(see docs/prompts.md).")
@@ -99,8 +101,10 @@ def _cmd_interactive_eval(a) -> None:
     from nnunet_prompt.evaluation.interactive_eval import interactive_eval
     name = _registered_dataset(a.d)
     out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"interactive_eval_{a.c}_fold{a.f}")
+    session_kwargs = ({"cross_patch": True, "cross_patch_threshold": a.cross_patch_threshold,
+                       "max_patches": a.max_patches} if a.cross_patch else None)
     summary = interactive_eval(name, a.c, a.f, a.tr, a.p, sorted(set(a.clicks)), out, a.device, a.nsd_tolerance,
-                               a.seed, a.test_set)
+                               a.seed, a.test_set, a.starts, session_kwargs)
     for trainer, by_start in summary.items():
         for start, by_n in by_start.items():
             print(f"{trainer:<28}{start + ' start':<14}" + "  ".join(f"N={n}: Dice {v['Dice']:.3f} NSD {v['NSD']:.3f}"
@@ -137,6 +141,19 @@ def _convert_help() -> str:
         text += f"{name}:\n  " + layout.replace("\n", "\n  ") + "\n\n"
     return text + ("Writes $nnUNet_raw/DatasetNNN_NAME atomically (temporary folder, renamed at the end, after nnU-Net's "
                    "integrity check). An existing target is refused unless --overwrite. See docs/conversion.md.")
+
+
+def _cross_patch_arguments(s, what: str) -> None:
+    s.add_argument("--cross-patch", action="store_true",
+                   help=f"seed 001's cross-patch prompt (models trained with PSAPTrainer_CPP only): {what} segments the "
+                        "patch around it, then the model's CPP head proposes a click in each of the 26 neighbouring "
+                        "patches (half a patch away) that the object reaches; proposals whose heatmap maximum reaches "
+                        "--cross-patch-threshold are segmented and merged, repeatedly, so one click can segment an "
+                        "object larger than a patch. Only the patches reached are predicted, not the whole image")
+    s.add_argument("--cross-patch-threshold", type=float, default=0.5,
+                   help="heatmap maximum (0-1) a neighbour needs to get a proposed click (default 0.5)")
+    s.add_argument("--max-patches", type=int, default=27,
+                   help="at most this many patches per click with --cross-patch (default 27)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nsd-tolerance", type=float, default=2.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-set", action="store_true", help="use imagesTs/labelsTs instead of the fold's validation cases")
+    s.add_argument("--starts", nargs="+", default=["clicks", "box"], choices=["clicks", "box"],
+                   help="first interaction: a random click in the target, the target's box, or both protocols (default)")
+    _cross_patch_arguments(s, "every positive click")
     s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/interactive_eval_CONFIG_foldF)")
     s.add_argument("-device", default="cuda", choices=["cuda", "cpu"])
     s.set_defaults(func=_cmd_interactive_eval)
@@ -215,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "case's text and fields; a prompt's 'text' takes precedence")
     s.add_argument("--allow-missing-prompts", action="store_true",
                    help="predict cases without a prompt entry as background instead of failing")
+    _cross_patch_arguments(s, "each positive click of a prompt")
     s.add_argument("-step_size", type=float, default=0.5)
     s.add_argument("--disable_tta", action="store_true")
     s.add_argument("--save_probabilities", action="store_true")

@@ -197,7 +197,7 @@ def test_psap_trainer_through_nnunetv2_train_and_final_validation_with_clicks(ps
 def test_checkpoint_resumes_through_nnunets_load_checkpoint(psap_trained, planned_dataset, monkeypatch):
     """What `--c` does (nnUNetTrainer.load_checkpoint on a fresh trainer), in this process: the PSAP weights and
     the optimizer state come back and training continues. The CLI `--c` path itself is tested for
-    PromptTrainer in test_end_to_end.py; a second nnUNetv2_train run would double this file's runtime."""
+    PromptTrainer in test_end_to_end.py and for PSAPTrainer_CPP in test_psap_cpp.py."""
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     path = os.path.join(psap_trained["folder"], "fold_0", "checkpoint_final.pth")
     saved = torch.load(path, map_location="cpu", weights_only=False)

@@ -22,3 +22,20 @@ PSAPTrainer_250epochs = epochs(PSAPTrainer, 250, "PSAPTrainer_250epochs")
 class PSAPTrainer_demo(DemoSchedule, PSAPTrainer):
     """The CPU demo's schedule (see DemoSchedule) with at most 2 interaction rounds per batch, as PromptTrainer_demo."""
     simulation_policy = SimulationPolicy(num_rounds=2, initial_types=("clicks",))
+
+
+class PSAPTrainer_CPP(PSAPTrainer):
+    """PSAPTrainer with seed 001's cross-patch prompt head, trained with L_cross beside nnU-Net's loss; at inference
+    `nnunet-prompt predict --cross-patch` and InteractiveSession(cross_patch=True) propagate clicks to neighbouring
+    patches with it."""
+    cross_patch_prompt = True
+
+
+PSAPTrainer_CPP_5epochs = epochs(PSAPTrainer_CPP, 5, "PSAPTrainer_CPP_5epochs")
+PSAPTrainer_CPP_50epochs = epochs(PSAPTrainer_CPP, 50, "PSAPTrainer_CPP_50epochs")
+PSAPTrainer_CPP_250epochs = epochs(PSAPTrainer_CPP, 250, "PSAPTrainer_CPP_250epochs")
+
+
+class PSAPTrainer_CPP_demo(DemoSchedule, PSAPTrainer_CPP):
+    """PSAPTrainer_CPP on the CPU demo's schedule, with at most 2 interaction rounds per batch, as PSAPTrainer_demo."""
+    simulation_policy = SimulationPolicy(num_rounds=2, initial_types=("clicks",))

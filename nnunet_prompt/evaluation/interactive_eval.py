@@ -79,7 +79,9 @@ def run_protocol(session, label_map: np.ndarray, label: int, start: str, clicks:
 
 def interactive_eval(dataset_name: str, configuration: str, fold: int, trainers: Sequence[str], plans: str,
                      clicks: Sequence[int], output_folder: str, device: str = "cpu", nsd_tolerance_mm: float = 2.0,
-                     seed: int = 0, use_test_set: bool = False) -> dict:
+                     seed: int = 0, use_test_set: bool = False, starts: Sequence[str] = STARTS,
+                     session_kwargs: Optional[dict] = None) -> dict:
+    """``session_kwargs`` go to every InteractiveSession (e.g. ``{"cross_patch": True}``)."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from nnunet_prompt.inference.session import InteractiveSession
     from nnunet_prompt.prompts.model import foreground_labels
@@ -90,7 +92,7 @@ def interactive_eval(dataset_name: str, configuration: str, fold: int, trainers:
     rows: List[dict] = []
     for trainer in trainers:
         session = InteractiveSession(get_output_folder(dataset_name, trainer, plans, configuration), fold=fold,
-                                     device=device)
+                                     device=device, **(session_kwargs or {}))
         for case, images, label_file in tqdm(cases, desc=f"{trainer}: N-click protocol"):
             ref_img = sitk.ReadImage(label_file)
             label_map = sitk.GetArrayFromImage(ref_img)
@@ -99,7 +101,7 @@ def interactive_eval(dataset_name: str, configuration: str, fold: int, trainers:
             for name, value in labels.items():
                 if not (label_map == value).any():
                     continue
-                for start in STARTS:
+                for start in starts:
                     case_seed = seed * 100003 + zlib.crc32(f"{case}:{value}".encode()) % 100003
                     for r in run_protocol(session, label_map, value, start, clicks, spacing_zyx, nsd_tolerance_mm,
                                           case_seed):
@@ -112,6 +114,7 @@ def interactive_eval(dataset_name: str, configuration: str, fold: int, trainers:
             w.writeheader()
             w.writerows(rows)
     atomic_write_json({"clicks": list(clicks), "nsd_tolerance_mm": nsd_tolerance_mm, "seed": seed,
+                       "session": {k: v for k, v in (session_kwargs or {}).items()},
                        "cases": [c for c, _, _ in cases], "mean": summary}, os.path.join(output_folder, "interactive_eval.json"))
     plot_curves(summary, os.path.join(output_folder, "interactive_eval.png"))
     return summary

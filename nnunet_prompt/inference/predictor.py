@@ -11,6 +11,11 @@ export. This class only appends prompt channels to each case's preprocessed imag
   ``UNPROMPTED_LOGIT``. nnU-Net's own export then resamples that map and takes the argmax, so where
   prompted objects overlap the more confident one wins.
 
+With ``enable_cross_patch`` (models trained with PSAPTrainer_CPP, ``nnunet-prompt predict --cross-patch``) a
+label's logits come from the patches around its positive clicks and the neighbouring patches the model's
+cross-patch prompt head proposes (``nnunet_prompt.inference.cross_patch``) instead of a sliding window over
+the whole image; voxels no patch reached are background.
+
 Text-conditioned models (``clinical_context.json`` in the model folder, see ``nnunet_prompt.text``) take
 no prompt channels: each case's clinical entry (the prompt's ``text``, or an entry of a clinical-text
 sidecar given with ``set_clinical_text``) is handed to the network before nnU-Net's ordinary prediction
@@ -28,13 +33,15 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from nnunet_prompt.prompts.encoding import PromptEncoding, encode_preprocessed
+from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, region_slices, require_cross_patch_head
+from nnunet_prompt.prompts.encoding import MASK, POS, PromptEncoding, ball_radius_voxels, draw_balls, encode_preprocessed
 from nnunet_prompt.training.prompt_trainer import IN_CHANNELS_ATTR
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
 from nnunet_prompt.prompts.model import PromptError, PromptsByCase, foreground_labels
 from nnunet_prompt.text.config import ClinicalContextConfig, using
 
 UNPROMPTED_LOGIT = -100.0
+UNREACHED_LOGIT = -10.0  # cross-patch prediction: voxels outside every predicted patch (as the session's background)
 
 
 def volume_spacing(configuration_spacing, properties: dict, transpose_forward):
@@ -63,6 +70,9 @@ class PromptPredictor(nnUNetPredictor):
         self.clinical_entries: Dict[str, dict] = {}
         self.clinical_source: Optional[str] = None
         self._current_case_entry: Optional[dict] = None
+        self.cross_patch: Optional[CrossPatchPropagator] = None
+        self._current_case: Optional[str] = None
+        self._current_case_clicks: Dict[int, list] = {}  # label -> positive clicks on the preprocessed grid
 
     # -------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
@@ -96,6 +106,19 @@ class PromptPredictor(nnUNetPredictor):
             raise ValueError(f"Model '{model_training_output_dir}' takes {expected} input channels, but its "
                              f"{num_image_channels} image channel(s) and stored prompt layout "
                              f"{list(self.prompt_encoding.channels)} make {num_image_channels + self.prompt_encoding.num_channels}.")
+
+    def enable_cross_patch(self, model_folder: str, threshold: float = 0.5, max_patches: int = 27) -> None:
+        """Predict each prompted label by cross-patch propagation from its positive clicks (one fold only)."""
+        if self.list_of_parameters is not None and len(self.list_of_parameters) != 1:
+            raise PromptError(f"--cross-patch predicts with one fold (-f F); {len(self.list_of_parameters)} were given.")
+        try:
+            head = require_cross_patch_head(self.network_module(), model_folder)
+        except ValueError as e:
+            raise PromptError(str(e)) from None
+        if self.list_of_parameters is not None:
+            self.network.load_state_dict(self.list_of_parameters[0])
+        self.network.eval()
+        self.cross_patch = CrossPatchPropagator(head, threshold, max_patches, device=self.device)
 
     def set_prompts(self, prompts: PromptsByCase, source: Optional[str] = None, allow_missing: bool = False):
         self.case_prompts = prompts
@@ -172,6 +195,7 @@ class PromptPredictor(nnUNetPredictor):
         geometry = ImageGeometry.from_nnunet_properties(properties, grid.raw_shape_zyx)
         labels = foreground_labels(self.dataset_json)
         out: Dict[int, torch.Tensor] = {}
+        self._current_case, self._current_case_clicks = case, {}
         spacing = volume_spacing(self.configuration_manager.spacing, properties, self.plans_manager.transpose_forward)
         for p in prompts:
             label = p.resolve_label(labels, case, self.prompts_source)
@@ -179,6 +203,7 @@ class PromptPredictor(nnUNetPredictor):
                 raise PromptError(f"Case '{case}' has two prompts for label {label} in '{self.prompts_source}'; "
                                   f"merge them into one prompt.")
             vp = p.to_voxel(geometry, case, self.prompts_source)
+            self._current_case_clicks[label] = [grid.raw_to_preprocessed(x) for x in vp.positive_points]
             mask = None
             if vp.mask is not None:
                 mask = grid.mask_to_preprocessed(vp.mask, self.configuration_manager, properties["spacing"])
@@ -207,6 +232,9 @@ class PromptPredictor(nnUNetPredictor):
         out = torch.full((num_heads, *data.shape[1:]), UNPROMPTED_LOGIT, dtype=torch.float32)
         out[0] = 0
         for label, channels in channels_by_label.items():
+            if self.cross_patch is not None:
+                out[label] = self.cross_patch_logits(data, channels, self._current_case_clicks.get(label, []), label)
+                continue
             x = torch.cat([data.float(), channels.to(torch.float32).cpu()], 0)
             with self._object_output():
                 if self.list_of_parameters is None:  # manual_initialization: weights already in the network
@@ -215,6 +243,39 @@ class PromptPredictor(nnUNetPredictor):
                     logits = super().predict_logits_from_preprocessed_data(x).float().cpu()
             out[label] = logits[1] - logits[0]
         return out
+
+    def cross_patch_logits(self, data: torch.Tensor, channels: torch.Tensor, clicks, label: int) -> torch.Tensor:
+        """Object logits of one label from the patch around each positive click and the patches the CPP head
+        proposes from there; proposed clicks are drawn into the positive-click channel, the result so far is
+        each patch's mask prompt."""
+        from nnunet_prompt.inference.session import region_around
+        if not clicks:
+            raise PromptError(f"--cross-patch starts from positive clicks, and the prompt of case '{self._current_case}' "
+                              f"for label {label} in '{self.prompts_source}' has none: add \"positive_points\".")
+        data = data.float()
+        channels = channels.to(torch.float32).cpu().clone()
+        logits = torch.full(data.shape[1:], UNREACHED_LOGIT)
+        patch = [int(p) for p in self.configuration_manager.patch_size]
+        radius = ball_radius_voxels(self.prompt_encoding.click_radius_mm, self.configuration_manager.spacing)
+
+        def predict(region):
+            sl = region_slices(region)
+            ch = channels[(slice(None), *sl)].clone()
+            ch[MASK] = torch.maximum(ch[MASK], (logits[sl] > 0).float())
+            with self._object_output():
+                out = self.predict_sliding_window_return_logits(torch.cat([data[(slice(None), *sl)], ch], 0)).float().cpu()
+            return out[1] - out[0]
+
+        def segment(region, click):
+            draw_balls(channels[POS], torch.tensor([click], dtype=torch.float32), radius)
+            return predict(region)
+
+        for click in clicks:
+            region = region_around(click, patch, data.shape[1:])
+            sl = region_slices(region)
+            logits[sl] = torch.maximum(logits[sl], predict(region))
+            self.cross_patch.run(data, logits, region, segment)
+        return logits
 
     # ----------------------------------------------- hooks into nnU-Net's loop
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,

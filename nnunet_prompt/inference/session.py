@@ -13,6 +13,10 @@
   border, the region grows by half a patch on that side and is predicted again (``max_growth`` times at
   most). The region's result replaces the previous result there; the rest of the volume is kept.
 * One session segments one object; the previous result is fed back as the mask prompt.
+* ``cross_patch=True`` (models trained with PSAPTrainer_CPP, seed 001's cross-patch prompt): a positive click
+  segments the patch around it (no growth), then the model's CPP head proposes clicks for the neighbouring
+  patches and those are segmented and merged, until no new patch is proposed or ``max_patches`` are done
+  (``nnunet_prompt.inference.cross_patch``). ``proposed_points`` lists the clicks it made; undo removes them.
 * 2d models (e.g. SAMLoRATrainer_box on a SAM2DPlanner plan) are prompted slice by slice, as they were
   trained: an interaction predicts the slices its prompt lies on (a click its slice, a box its z range), all
   of each slice, and never grows into other slices (a 2d model cannot see an object beyond its prompt's slices).
@@ -28,6 +32,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from nnunet_prompt.inference.cross_patch import (CrossPatchPropagator, Propagation, bounding_region,
+                                                require_cross_patch_head)
 from nnunet_prompt.inference.predictor import PromptPredictor, object_label_manager, volume_spacing
 from nnunet_prompt.prompts.encoding import encode_preprocessed
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
@@ -71,14 +77,17 @@ class _Prompts:
     positive: List[np.ndarray] = field(default_factory=list)   # preprocessed coordinates
     negative: List[np.ndarray] = field(default_factory=list)
     boxes: List[Tuple[Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    proposed: List[np.ndarray] = field(default_factory=list)   # positive clicks proposed by cross-patch propagation
 
     def copy(self) -> "_Prompts":
-        return _Prompts(list(self.positive), list(self.negative), list(self.boxes))
+        return _Prompts(list(self.positive), list(self.negative), list(self.boxes), list(self.proposed))
 
 
 class InteractiveSession:
     def __init__(self, model_folder: str, fold: Union[int, str] = 0, device: Union[str, torch.device] = "cpu",
-                 checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, max_growth: int = 3):
+                 checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, max_growth: int = 3,
+                 cross_patch: bool = False, cross_patch_threshold: float = 0.5, max_patches: int = 27,
+                 cross_patch_require_contact: bool = True):
         self.predictor = PromptPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
                                          perform_everything_on_device=True, device=torch.device(device),
                                          verbose=False, allow_tqdm=False)
@@ -88,6 +97,12 @@ class InteractiveSession:
         self.patch = [int(p) for p in self.predictor.configuration_manager.patch_size]
         self.slice_wise = len(self.patch) == 2  # a 2d configuration: see the module doc
         self.max_growth = max_growth
+        self.cross_patch: Optional[CrossPatchPropagator] = None
+        if cross_patch:
+            head = require_cross_patch_head(self.predictor.network_module(), model_folder)
+            self.cross_patch = CrossPatchPropagator(head, cross_patch_threshold, max_patches,
+                                                    cross_patch_require_contact, self.predictor.device)
+        self.last_propagation: Optional[Propagation] = None
         self.num_preprocessing_runs = 0
         self.last_latency_ms: Optional[float] = None
         self.last_region: Optional[Region] = None
@@ -167,6 +182,8 @@ class InteractiveSession:
         p = self._grid.raw_to_preprocessed(vp.positive_points[0] if positive else vp.negative_points[0])
         prompts = self._prompts.copy()
         (prompts.positive if positive else prompts.negative).append(p)
+        if positive and self.cross_patch is not None:
+            return self._interact_cross_patch(prompts, center=p)
         return self._interact(prompts, center=p, z_range=(int(round(p[0])), int(round(p[0])) + 1))
 
     def add_box(self, lo: Sequence[float], hi: Sequence[float], coordinates: str = "voxel") -> np.ndarray:
@@ -210,6 +227,11 @@ class InteractiveSession:
         return self.mask
 
     @property
+    def proposed_points(self) -> List[Tuple[float, ...]]:
+        """Clicks proposed by cross-patch propagation, as raw-image voxel (x, y, z)."""
+        return [tuple(float(v) for v in self._grid.preprocessed_to_raw(p)) for p in self._prompts.proposed]
+
+    @property
     def mask(self) -> np.ndarray:
         """The current object mask on the input image's grid, numpy (z, y, x) uint8 (a label map for text models)."""
         self._require_image()
@@ -242,7 +264,8 @@ class InteractiveSession:
                 boxes.append((tuple(a), tuple(b)))
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         return encode_preprocessed(shape, self._spacing, self.predictor.prompt_encoding,
-                                   positive=[p - lo for p in prompts.positive], negative=[p - lo for p in prompts.negative],
+                                   positive=[p - lo for p in prompts.positive + prompts.proposed],
+                                   negative=[p - lo for p in prompts.negative],
                                    boxes=boxes, mask=(self._logits[sl] > 0).numpy())
 
     def _predict_region(self, prompts: _Prompts, region: Region) -> torch.Tensor:
@@ -273,5 +296,25 @@ class InteractiveSession:
         self._prompts = prompts
         self._logits[sl] = diff
         self.last_region = region
+        self.last_latency_ms = 1000 * (time.perf_counter() - t0)
+        return self.mask
+
+    def _interact_cross_patch(self, prompts: _Prompts, center) -> np.ndarray:
+        """A positive click with cross-patch propagation: the patch around it, then the proposed neighbours."""
+        t0 = time.perf_counter()
+        shape = self._grid.shape
+        before_prompts, before_logits = self._prompts, self._logits.clone()
+        region = region_around(center, self.patch, shape)
+        self._logits[tuple(slice(a, b) for a, b in zip(*region))] = self._predict_region(prompts, region)
+
+        def segment(r, click):
+            prompts.proposed.append(np.asarray(click, dtype=float))
+            return self._predict_region(prompts, r)
+
+        self.last_propagation = self.cross_patch.run(self._data, self._logits, region, segment)
+        touched = bounding_region(self.last_propagation.regions)
+        self._history.append((before_prompts, touched, before_logits[tuple(slice(a, b) for a, b in zip(*touched))]))
+        self._prompts = prompts
+        self.last_region = touched
         self.last_latency_ms = 1000 * (time.perf_counter() - t0)
         return self.mask

@@ -2,12 +2,14 @@
 predicted mask U_p and an overlapping neighbour patch V, a light encoder-decoder predicts a click
 heatmap for V, so that one click segments an organ larger than a patch.
 
-Only the module and its training target and loss live here. Not built yet: sampling overlapping
-patch pairs from nnU-Net's data loader, adding the loss to PSAPTrainer, and the 26-neighbour
-propagation at inference.
+The module, its training target and its loss live here. PSAPTrainer_CPP trains it beside the
+segmentation network (``nnunet_prompt.training.cross_patch_training``: overlapping crop pairs and the
+loss added to nnU-Net's); at inference ``nnunet_prompt.inference.cross_patch`` proposes clicks for the
+26 neighbouring patches of a segmented patch (Fig. 2D).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -20,18 +22,37 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 class CrossPatchPromptNet(nn.Module):
     """P(U, U_p, V) -> heatmap in [0, 1] on V's grid, where the object segmented in U should be clicked in V."""
 
-    def __init__(self, image_channels: int, features: Sequence[int] = (8, 16, 32), conv_op=nn.Conv3d):
+    def __init__(self, image_channels: int, features: Sequence[int] = (8, 16, 32), conv_op=nn.Conv3d,
+                 prior_probability: float = 0.01):
         super().__init__()
         n = len(features)
         norm = nn.InstanceNorm3d if conv_op is nn.Conv3d else nn.InstanceNorm2d
         # a small nnU-Net-style U-Net (the seed's 'light-weight encoder-decoder'); inputs [U, U_p, V]
+        self.divisor = 2 ** (n - 1)  # the U-Net's total stride: inputs are padded to a multiple of it
         self.net = PlainConvUNet(2 * image_channels + 1, n, list(features), conv_op, 3, [1] + [2] * (n - 1), 2, 1,
                                  [1] * (n - 1), True, norm, {"affine": True, "eps": 1e-5},
                                  nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+        # without deep supervision the decoder uses only its last segmentation layer: drop the others, which would
+        # hold parameters that never get a gradient (DDP without find_unused_parameters fails on those)
+        for i in range(len(self.net.decoder.seg_layers) - 1):
+            self.net.decoder.seg_layers[i] = nn.Identity()
+        # start from the trivial answer 'no click anywhere' (output ~prior_probability everywhere, RetinaNet's prior
+        # initialisation): the target is 0 almost everywhere, and from sigmoid(0) = 0.5 a short schedule spends
+        # its steps pulling the whole map down (at lr 1e-3 Adam moves the bias ~0.1 per 100 steps) and leaves
+        # a saturated, uninformative heatmap (measured: benchmarks/RESULTS.md, PSAP ablation, run 1)
+        nn.init.constant_(self.net.decoder.seg_layers[-1].bias, math.log(prior_probability / (1 - prior_probability)))
 
     def forward(self, u_image: torch.Tensor, u_prediction: torch.Tensor, v_image: torch.Tensor) -> torch.Tensor:
-        """u_image, v_image: (B, C, *spatial); u_prediction: (B, 1, *spatial) foreground probability or mask."""
-        return torch.sigmoid(self.net(torch.cat([u_image, u_prediction.to(u_image.dtype), v_image], 1)))
+        """u_image, v_image: (B, C, *spatial); u_prediction: (B, 1, *spatial) foreground probability or mask.
+        Any spatial size: the input is zero-padded to a multiple of the U-Net's stride and the output cropped
+        back (patches at the image border, or smaller than the planned patch, keep their size)."""
+        x = torch.cat([u_image, u_prediction.to(u_image.dtype), v_image], 1)
+        spatial = x.shape[2:]
+        pad = [(-s) % self.divisor for s in spatial]
+        if any(pad):
+            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
+        out = torch.sigmoid(self.net(x))
+        return out[(slice(None), slice(None), *[slice(0, s) for s in spatial])]
 
 
 def centroid_heatmap(masks: torch.Tensor, spacing: Sequence[float], sigma_mm: float = 5.0) -> torch.Tensor:

@@ -99,11 +99,16 @@ class PSAPUNet(ComposedUNet):
 
     Input layout is the prompt trainers' one: image channels, then the prompt encoding's channels
     (``num_prompt_channels``), so nnU-Net's sliding window, mirroring and PromptPredictor work unchanged.
-    Inside, the image channels go to the U-Net's encoder and only the decoder sees the prompts."""
+    Inside, the image channels go to the U-Net's encoder and only the decoder sees the prompts.
+
+    ``cross_patch``: optional cross-patch prompt head (``CrossPatchPromptNet``, PSAPTrainer_CPP). It is a
+    submodule so that nnU-Net's optimizer, checkpoints (and ``--c``) and DDP treat it as part of the network;
+    ``forward`` does not run it: the trainer's loss and the inference propagation call it on patch pairs."""
 
     def __init__(self, unet: nn.Module, num_prompt_channels: int, hidden_channels: int = 32,
-                 residual_gamma: bool = True):
+                 residual_gamma: bool = True, cross_patch: Optional[nn.Module] = None):
         super().__init__(unet)
+        self.cross_patch = cross_patch
         self.num_prompt_channels = num_prompt_channels
         conv_op = unet.encoder.conv_op
         self.spatial_dims = convert_conv_op_to_dim(conv_op)

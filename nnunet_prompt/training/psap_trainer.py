@@ -5,14 +5,21 @@ U-Net sees the image alone and the clicks and previous mask modulate every decod
 (``nnunet_prompt.networks.psap``); the first interaction round gives clicks only (seed 001, no box).
 Target selection, interaction rounds (5 per batch by default, drawn 1..5 as in PromptTrainer), timing
 and the prompted final validation (with clicks) are PromptTrainerBase's.
+
+``cross_patch_prompt = True`` (PSAPTrainer_CPP) adds seed 001's cross-patch prompt head to the network and
+its loss L_cross to nnU-Net's loss on every training step (``nnunet_prompt.training.cross_patch_training``).
 """
 from __future__ import annotations
+
+from typing import List
 
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_prompt.interaction.simulation import SimulationPolicy
+from nnunet_prompt.networks.cross_patch_prompt import CrossPatchPromptNet
 from nnunet_prompt.networks.psap import PSAPUNet
+from nnunet_prompt.training.cross_patch_training import CrossPatchLoss, CrossPatchStep, sample_pairs
 from nnunet_prompt.training.prompt_trainer import NUM_OUTPUTS, PromptTrainerBase
 
 
@@ -21,6 +28,17 @@ class PSAPTrainerBase(PromptTrainerBase):
     validation_prompt_type = "clicks"
     psap_hidden_channels: int = 32
     psap_residual_gamma: bool = True  # (1 + gamma) * IN(X) + beta; False: eq. 2 as printed
+    # cross-patch prompt (CPP): a light U-Net head trained beside the segmentation network
+    cross_patch_prompt: bool = False
+    cross_patch_features = (8, 16, 32)
+    cross_patch_sigma_mm: float = 5.0   # width of the Gaussian at the target's centroid (the seed gives none)
+    cross_patch_weight: float = 1.0     # L = L_local + L_cross (Algorithm 1, line 6)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # pair sampling has its own CPU generator: it must not shift the simulated user's random stream
+        self._pair_generator = torch.Generator().manual_seed(self.simulation_seed + 7919 * (self.fold if isinstance(self.fold, int) else 0))
 
     @classmethod
     def build_prompt_network(cls, configuration_manager, num_image_channels: int,
@@ -30,5 +48,37 @@ class PSAPTrainerBase(PromptTrainerBase):
             configuration_manager.network_arch_init_kwargs,
             configuration_manager.network_arch_init_kwargs_req_import,
             num_image_channels, NUM_OUTPUTS, allow_init=True, deep_supervision=enable_deep_supervision)
+        cpp = (CrossPatchPromptNet(num_image_channels, cls.cross_patch_features, unet.encoder.conv_op)
+               if cls.cross_patch_prompt else None)
         return PSAPUNet(unet, cls.prompt_encoding.num_channels, hidden_channels=cls.psap_hidden_channels,
-                        residual_gamma=cls.psap_residual_gamma)
+                        residual_gamma=cls.psap_residual_gamma, cross_patch=cpp)
+
+    # ------------------------------------------------------------- cross-patch prompt
+    def _build_loss(self):
+        loss = super()._build_loss()
+        return CrossPatchLoss(loss) if self.cross_patch_prompt else loss
+
+    def _network_module(self) -> PSAPUNet:
+        net = self.network.module if self.is_ddp else self.network
+        return getattr(net, "_orig_mod", net)  # torch.compile wraps the module
+
+    def train_step(self, batch: dict) -> dict:
+        if not self.cross_patch_prompt:
+            return super().train_step(batch)
+        image = batch['data'].to(self.device, non_blocking=True)  # image channels: prompts are appended later
+        pairs, crop = sample_pairs(image.shape[0], image.shape[2:], self._pair_generator)
+        self.loss.step = CrossPatchStep(self._network_module().cross_patch, image, pairs, crop,
+                                        self.configuration_manager.spacing, self.cross_patch_sigma_mm,
+                                        self.cross_patch_weight)
+        try:
+            return super().train_step(batch)
+        finally:
+            self.loss.step = None  # validation steps use nnU-Net's loss alone
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        if self.cross_patch_prompt:
+            mean = self.loss.mean_cross_loss()
+            if mean is not None:
+                self.print_to_log_file(f"cross-patch prompt loss (L_cross) {mean:.5f}")
+            self.loss.reset_log()
