@@ -81,7 +81,8 @@ def trained(planned_dataset):
     proc = run(cmd, env)
     assert proc.returncode == 0, proc.stdout[-5000:]
     folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
-    return {"folder": folder, "env": env, "log": proc.stdout, "cmd": cmd, **planned_dataset}
+    # planned_dataset first: its "env" must not replace this one (the short schedule, also for --c)
+    return {**planned_dataset, "folder": folder, "env": env, "log": proc.stdout, "cmd": cmd}
 
 
 def _save_tiny_bert(folder) -> str:
