@@ -73,6 +73,7 @@ def main(argv=None):
     prompt_cls = recursive_find_trainer_class_by_name("PromptTrainer")
     text_cls = recursive_find_trainer_class_by_name("TextPromptTrainer")
     psap_cls = recursive_find_trainer_class_by_name("PSAPTrainer")
+    psap_cpp_cls = recursive_find_trainer_class_by_name("PSAPTrainer_CPP")
 
     def measure(cls, policy=None):
         tr = cls(dict(plans, continue_training=False), "3d_fullres", 0, dataset_json, device)
@@ -110,6 +111,8 @@ def main(argv=None):
             ("PromptTrainer, 1 round", measure(prompt_cls, SimulationPolicy(num_rounds=1))),
             ("PromptTrainer, default (1-5 rounds)", measure(prompt_cls)),
             ("PSAPTrainer, 1 round", measure(psap_cls, SimulationPolicy(num_rounds=1, initial_types=("clicks",)))),
+            ("PSAPTrainer_CPP, 1 round (+ cross-patch head and L_cross)",
+             measure(psap_cpp_cls, SimulationPolicy(num_rounds=1, initial_types=("clicks",)))),
             ("TextPromptTrainer, MiniLM-L6 (default)", measure(text_cls))]
     if a.text_model:
         os.environ["NNUNET_PROMPT_TEXT_MODEL"] = a.text_model
