@@ -10,12 +10,10 @@ Use it for demos and quick experiments, not for reported results on real data.
 """
 from typing import List, Tuple, Union
 
-import numpy as np
-
-from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunet_prompt_planners.shared_preprocessing import SharedPreprocessingPlanner
 
 
-class NarrowUNetPlanner(ExperimentPlanner):
+class NarrowUNetPlanner(SharedPreprocessingPlanner):
     width_divisor = 4
 
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
@@ -24,10 +22,6 @@ class NarrowUNetPlanner(ExperimentPlanner):
                  suppress_transpose: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)
-
-    def generate_data_identifier(self, configuration_name: str) -> str:
-        # share preprocessed data with the default plans: preprocessing does not depend on network width
-        return 'nnUNetPlans_' + configuration_name
 
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
                                     approximate_n_voxels_dataset: float, _cache: dict) -> dict:

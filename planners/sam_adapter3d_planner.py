@@ -11,11 +11,11 @@ student) with nnU-Net's own ``get_pool_and_conv_props``. Batch size: nnU-Net's m
 """
 from typing import List, Tuple, Union
 
-from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunet_prompt_planners.shared_preprocessing import SharedPreprocessingPlanner
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 
 
-class SAMAdapter3DPlanner(ExperimentPlanner):
+class SAMAdapter3DPlanner(SharedPreprocessingPlanner):
     sam_patch_size = 128
     width_divisor = 1
     default_plans_name = 'nnUNetPlansSAM3D'
@@ -26,10 +26,6 @@ class SAMAdapter3DPlanner(ExperimentPlanner):
                  suppress_transpose: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
                          plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
-
-    def generate_data_identifier(self, configuration_name: str) -> str:
-        # the patch size does not change preprocessing: share the default plans' preprocessed data
-        return 'nnUNetPlans_' + configuration_name
 
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
                                     approximate_n_voxels_dataset: float, _cache: dict) -> dict:

@@ -20,10 +20,10 @@ from typing import List, Tuple, Union
 
 import numpy as np
 
-from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunet_prompt_planners.shared_preprocessing import SharedPreprocessingPlanner
 
 
-class SAM2DPlanner(ExperimentPlanner):
+class SAM2DPlanner(SharedPreprocessingPlanner):
     patch_edge = 512
     sam_batch_size = 4  # ViT-B at 512 px with LoRA: activations of 12 blocks at 32x32 tokens per sample
 
@@ -35,10 +35,6 @@ class SAM2DPlanner(ExperimentPlanner):
                          plans_name or f'nnUNetPlansSAM{self.patch_edge}', overwrite_target_spacing, suppress_transpose)
         if self.patch_edge % 16:
             raise ValueError(f"{type(self).__name__}.patch_edge must be a multiple of 16, got {self.patch_edge}")
-
-    def generate_data_identifier(self, configuration_name: str) -> str:
-        # preprocessing (spacing, normalisation) is the default plans' one: share their preprocessed data
-        return 'nnUNetPlans_' + configuration_name
 
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
                                     approximate_n_voxels_dataset: float, _cache: dict) -> dict:

@@ -72,17 +72,25 @@ def planned_dataset(tmp_path_factory):
             os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
-def trained(planned_dataset):
-    """PromptTrainer_demo trained for 1 epoch of 3 iterations with `nnUNetv2_train` on the tiny dataset."""
-    env = dict(planned_dataset["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="3")
-    cmd = [console_script("nnUNetv2_train"), str(planned_dataset["id"]), CONFIG, "0", "-tr", TRAINER, "-p", PLANS,
+def train_demo_trainer(planned_dataset: dict, trainer: str, iterations: int) -> dict:
+    """A *_demo trainer trained for 1 epoch of `iterations` with `nnUNetv2_train` on the tiny dataset; returns
+    planned_dataset plus the model folder, the env (short schedule; a --c run adds epochs to it), log, command."""
+    env = dict(planned_dataset["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS=str(iterations),
+               # the caller's thread budget (CI: 2 cores shared with other jobs)
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", planned_dataset["env"]["OMP_NUM_THREADS"]))
+    cmd = [console_script("nnUNetv2_train"), str(planned_dataset["id"]), CONFIG, "0", "-tr", trainer, "-p", PLANS,
            "-device", "cpu"]
     proc = run(cmd, env)
     assert proc.returncode == 0, proc.stdout[-5000:]
-    folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
-    # planned_dataset first: its "env" must not replace this one (the short schedule, also for --c)
+    folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{trainer}__{PLANS}__{CONFIG}")
+    # planned_dataset first: its "env" must not replace this one
     return {**planned_dataset, "folder": folder, "env": env, "log": proc.stdout, "cmd": cmd}
+
+
+@pytest.fixture(scope="session")
+def trained(planned_dataset):
+    """PromptTrainer_demo trained for 1 epoch of 3 iterations with `nnUNetv2_train` on the tiny dataset."""
+    return train_demo_trainer(planned_dataset, TRAINER, 3)
 
 
 def _save_tiny_bert(folder) -> str:

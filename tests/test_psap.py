@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIG, PLANS, console_script, run
+from conftest import CONFIG, PLANS, train_demo_trainer
 from nnunet_prompt.networks.psap import PSAPNorm, PSAPUNet
 from nnunet_prompt.prompts.encoding import BOX, MASK, NEG, POS, draw_balls
 
@@ -167,15 +167,7 @@ def test_a_training_step_through_nnunets_trainer_reaches_every_parameter(planned
 @pytest.fixture(scope="module")
 def psap_trained(planned_dataset):
     """PSAPTrainer_demo, 1 epoch of 2 iterations, through `nnUNetv2_train` (found through nnUNet_extTrainer)."""
-    env = dict(planned_dataset["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="2",
-               # the caller's thread budget (CI: 2 cores shared with other jobs)
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", planned_dataset["env"]["OMP_NUM_THREADS"]))
-    cmd = [console_script("nnUNetv2_train"), str(planned_dataset["id"]), CONFIG, "0", "-tr", TRAINER, "-p", PLANS,
-           "-device", "cpu"]
-    proc = run(cmd, env)
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
-    return {"folder": folder, "log": proc.stdout}
+    return train_demo_trainer(planned_dataset, TRAINER, 2)
 
 
 def test_psap_trainer_through_nnunetv2_train_and_final_validation_with_clicks(psap_trained):

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import CONFIG, PLANS, console_script, run
+from conftest import CONFIG, PLANS, run, train_demo_trainer
 from nnunet_prompt.inference.cross_patch import (CrossPatchPropagator, NoCrossPatchHead, neighbour_regions,
                                                 touches_sides)
 from nnunet_prompt.networks.cross_patch_prompt import CrossPatchPromptNet
@@ -162,15 +162,7 @@ def test_cpp_training_steps_reach_every_parameter_including_the_cpp_head(planned
 @pytest.fixture(scope="module")
 def cpp_trained(planned_dataset):
     """PSAPTrainer_CPP_demo, 1 epoch of 2 iterations, through `nnUNetv2_train`."""
-    env = dict(planned_dataset["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="2",
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", planned_dataset["env"]["OMP_NUM_THREADS"]))
-    cmd = [console_script("nnUNetv2_train"), str(planned_dataset["id"]), CONFIG, "0", "-tr", TRAINER, "-p", PLANS,
-           "-device", "cpu"]
-    proc = run(cmd, env)
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
-    # planned_dataset first: its "env" lacks the short schedule that the --c run must keep
-    return {**planned_dataset, "folder": folder, "log": proc.stdout, "cmd": cmd, "env": env}
+    return train_demo_trainer(planned_dataset, TRAINER, 2)
 
 
 def test_nnunetv2_train_resumes_psap_cpp_with_c(cpp_trained):
