@@ -6,7 +6,7 @@
 Latency does not depend on the weights, so no training is needed: nnU-Net plans a synthetic isotropic
 1 mm phantom with its default ExperimentPlanner, the patch size is set to each requested size (same
 U-Net topology), and a PromptTrainer network with random weights is saved as a regular model folder
-(plans.json, dataset.json, prompt_encoding.json, fold_0/checkpoint_final.pth), which the session loads
+(plans.json with the model record, dataset.json, fold_0/checkpoint_final.pth), which the session loads
 through its normal code path. One click = network on the region + growth check + paste, without
 mirroring (the session's default), after warm-up clicks; the full-volume mask export is not included.
 """
@@ -29,6 +29,7 @@ def make_model_folder(work: str, patch: int, size: int, device: str) -> str:
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, plan_experiment_dataset
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunet_prompt.io_utils import atomic_write_json
+    from nnunet_prompt.model_record import ModelRecord, put_record
     from nnunet_prompt.nnunet_env import trainer_path  # noqa: F401  (our trainers must be importable)
     from nnunet_prompt.training.prompt_trainer import PromptTrainerBase
     from nnunet_prompt_datasets.synthetic_hn import generate_synthetic_hn_dataset
@@ -43,6 +44,9 @@ def make_model_folder(work: str, patch: int, size: int, device: str) -> str:
     plans = json.load(open(os.path.join(pre, "nnUNetPlans.json")))
     plans["configurations"]["3d_fullres"]["patch_size"] = [patch] * 3
     dataset_json = json.load(open(os.path.join(raw, "dataset.json")))
+    # the record a PromptTrainer would write (the network is rebuilt from the plans alone)
+    put_record(plans, ModelRecord(trainer="PromptTrainer", prompt_encoding=PromptTrainerBase.prompt_encoding.to_dict(),
+                                  network=PromptTrainerBase.network_options()))
     pm = PlansManager(plans)
     cm = pm.get_configuration("3d_fullres")
     net = PromptTrainerBase.build_network_architecture(pm, cm, 1, 2, enable_deep_supervision=False)
@@ -52,7 +56,6 @@ def make_model_folder(work: str, patch: int, size: int, device: str) -> str:
     os.makedirs(os.path.join(folder, "fold_0"))
     atomic_write_json(plans, os.path.join(folder, "plans.json"))
     atomic_write_json(dataset_json, os.path.join(folder, "dataset.json"))
-    PromptTrainerBase.prompt_encoding.save(folder)
     torch.save({"network_weights": net.state_dict(), "trainer_name": "PromptTrainer",
                 "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset_json},
                 "inference_allowed_mirroring_axes": (0, 1, 2)}, os.path.join(folder, "fold_0", "checkpoint_final.pth"))

@@ -30,6 +30,43 @@ def _find_planner(name: str):
     return cls
 
 
+def planner_names() -> dict:
+    """{planner class name: where it lives} for nnunet-prompt's planners and nnU-Net's experiment planners."""
+    import importlib
+    import pkgutil
+
+    import nnunet_prompt_planners
+    from nnunetv2.experiment_planning.experiment_planners import default_experiment_planner
+    import nnunetv2.experiment_planning.experiment_planners as nnunet_planners
+    base = default_experiment_planner.ExperimentPlanner
+    found = {}
+    for package, label in ((nnunet_prompt_planners, "nnunet-prompt"), (nnunet_planners, "nnU-Net")):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            try:
+                module = importlib.import_module(info.name)
+            except Exception:  # noqa: BLE001 - a planner module that does not import is not offered
+                continue
+            for name, obj in vars(module).items():
+                if isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == module.__name__:
+                    found.setdefault(name, label)
+    return found
+
+
+class _PlannerListAction(argparse.Action):
+    """--help of `plan`: the planners that exist, found when asked (importing them all costs a second)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        names = planner_names()
+        lines = [f"  {n:<34}({w})" for w, group in (("nnunet-prompt", 0), ("nnU-Net", 1))
+                 for n in sorted(k for k, v in names.items() if v == w)]
+        parser.epilog = "planners (-pl):\n" + "\n".join(lines)
+        parser.print_help()
+        parser.exit()
+
+
 def _cmd_plan(a) -> None:
     from nnunet_prompt.nnunet_env import dataset_name, require_folders
     require_folders("nnUNet_raw", "nnUNet_preprocessed")
@@ -143,6 +180,17 @@ def _convert_help() -> str:
                    "integrity check). An existing target is refused unless --overwrite. See docs/conversion.md.")
 
 
+def _cmd_upgrade_model(a) -> None:
+    from nnunet_prompt.model_record import PLANS_KEY, upgrade_model_folder
+    for folder in a.model_folder:
+        record = upgrade_model_folder(folder)
+        if record is None:
+            print(f"{folder}: up to date (its plans.json has the '{PLANS_KEY}' record)")
+        else:
+            print(f"{folder}: plans.json now holds the '{PLANS_KEY}' record of {record.trainer} "
+                  f"(previous plans kept as plans.before_upgrade.json)")
+
+
 def _cross_patch_arguments(s, what: str) -> None:
     s.add_argument("--cross-patch", action="store_true",
                    help=f"seed 001's cross-patch prompt (models trained with PSAPTrainer_CPP only): {what} segments the "
@@ -159,8 +207,9 @@ def _cross_patch_arguments(s, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet-prompt", description="Prompted segmentation on top of nnU-Net v2. "
                                 "Train with nnU-Net's own command after `export nnUNet_extTrainer=$(nnunet-prompt "
-                                "trainer-path)`: nnUNetv2_train DATASET 3d_fullres 0 -tr PromptTrainer")
-    sub = p.add_subparsers(dest="command", required=True)
+                                "trainer-path)`: nnUNetv2_train DATASET 3d_fullres 0 -tr PromptTrainer",
+                                epilog="`nnunet-prompt COMMAND --help` describes each command.")
+    sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
     s = sub.add_parser("trainer-path", help="print the folder to put into nnUNet_extTrainer")
     s.set_defaults(func=_cmd_trainer_path)
@@ -173,9 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-np", type=int, default=2, help="processes for fingerprinting and preprocessing")
     s.set_defaults(func=_cmd_demo)
 
-    s = sub.add_parser("plan", help="plan (and preprocess) a dataset with a planner of nnunet-prompt or nnU-Net")
+    s = sub.add_parser("plan", help="plan (and preprocess) a dataset with a planner of nnunet-prompt or nnU-Net",
+                       description="Plan (and preprocess) a dataset with nnU-Net's planning API and a planner of "
+                                   "nnunet-prompt (NarrowUNetPlanner: the default plans with feature widths / 4, "
+                                   "SAM2DPlanner, SAMAdapter3DPlanner) or of nnU-Net (ExperimentPlanner, "
+                                   "nnUNetPlannerResEncM, ...). --help lists them all.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    s.add_argument("-h", "--help", action=_PlannerListAction, help="show this help, with every planner, and exit")
     s.add_argument("dataset", help="dataset id or name")
-    s.add_argument("-pl", default="NarrowUNetPlanner", help="planner class name (default: NarrowUNetPlanner)")
+    s.add_argument("-pl", default="NarrowUNetPlanner", help="planner class name (default: NarrowUNetPlanner; "
+                   "--help lists them)")
     s.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations to preprocess")
     s.add_argument("-np", type=int, default=2, help="preprocessing processes")
     s.add_argument("-npfp", type=int, default=2, help="fingerprint processes")
@@ -266,21 +322,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing target dataset")
     s.add_argument("-np", type=int, default=1, help="patients converted in parallel (default: 1)")
     s.set_defaults(func=_cmd_convert)
+
+    s = sub.add_parser("upgrade-model", help="convert a model folder trained before the plans record (sidecar "
+                       "files) into today's format",
+                       description="Move an old model folder's description (prompt_encoding.json, clinical_context.json, "
+                                   "sam_model.json, distill_teacher.json, old plans keys) into the one record in its "
+                                   "plans.json that today's trainers and predictors read. Checkpoints are not touched; "
+                                   "the old plans.json is kept as plans.before_upgrade.json.")
+    s.add_argument("model_folder", nargs="+", help="nnU-Net model folder(s): .../DatasetXXX/TRAINER__PLANS__CONFIG")
+    s.set_defaults(func=_cmd_upgrade_model)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = build_parser().parse_args(argv)  # before the heavy imports below: --help answers at once
     from nnunet_prompt.evaluation.evaluate_folder import EvaluationError
     from nnunet_prompt.nnunet_env import NnUNetEnvironmentError
     from nnunet_prompt.prompts.model import PromptError
     from nnunet_prompt_datasets.conversion_errors import ConversionError
     from nnunet_prompt.text.language_model import TextModelError
     from nnunet_prompt.sam.checkpoint import SAMCheckpointError
-    args = build_parser().parse_args(argv)
+    from nnunet_prompt.model_record import ModelRecordError
     try:
         args.func(args)
     except (PromptError, NnUNetEnvironmentError, EvaluationError, FileNotFoundError, ConversionError,
-            TextModelError, SAMCheckpointError) as e:
+            TextModelError, SAMCheckpointError, ModelRecordError) as e:
         print(f"nnunet-prompt: error: {e}", file=sys.stderr)
         raise SystemExit(2)
 

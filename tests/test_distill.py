@@ -135,8 +135,9 @@ def test_the_distilled_student_predicts_with_plain_nnunetv2_predict(student_fold
     unet = get_network_from_plans(plans["configurations"][CONFIG]["architecture"]["network_class_name"], kwargs,
                                   ["conv_op", "norm_op", "dropout_op", "nonlin"], 1, 2, deep_supervision=True)
     assert set(ckpt["network_weights"]) == set(unet.state_dict())
-    record = json.load(open(os.path.join(folder, "distill_teacher.json")))
+    record = plans["nnunet_prompt"]["distillation"]  # the teacher is recorded in the plans, for --c
     assert record["lambda"] == 0.5 and record["teacher_checkpoint"].endswith("checkpoint_final.pth")
+    assert not os.path.exists(os.path.join(folder, "distill_teacher.json"))
     # plain nnUNetv2_predict, with neither the teacher nor the SAM file
     env = dict(student_fold["env"])
     env.pop(TEACHER_ENV_VAR)

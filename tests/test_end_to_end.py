@@ -16,8 +16,12 @@ def test_training_through_nnunets_cli(trained):
     folder = trained["folder"]
     assert "Using trainer 'PromptTrainer_demo'" in trained["log"] or "Found class PromptTrainer_demo" in trained["log"]
     assert os.path.isfile(os.path.join(folder, "fold_0", "checkpoint_final.pth"))
-    enc = json.load(open(os.path.join(folder, "prompt_encoding.json")))
-    assert enc["channels"] == ["positive_clicks", "negative_clicks", "box", "previous_mask"]
+    # the model is described by one record in the plans.json nnU-Net copied beside it, and by no sidecar file
+    record = json.load(open(os.path.join(folder, "plans.json")))["nnunet_prompt"]
+    assert record["trainer"] == TRAINER
+    assert record["prompt_encoding"]["channels"] == ["positive_clicks", "negative_clicks", "box", "previous_mask"]
+    assert not any(os.path.exists(os.path.join(folder, f)) for f in ("prompt_encoding.json", "clinical_context.json",
+                                                                      "sam_model.json", "distill_teacher.json"))
     ckpt = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     first_conv = [v for k, v in ckpt["network_weights"].items() if k.endswith("weight") and v.ndim == 5][0]
     assert first_conv.shape[1] == 1 + 4, "one CT channel + four prompt channels"
@@ -103,7 +107,7 @@ def test_plain_nnunetv2_predict_loads_the_prompt_model(trained, tmp_path):
                 str(tmp_path / "plain"), "-d", str(trained["id"]), "-c", CONFIG, "-f", "0", "-tr", TRAINER, "-p", PLANS,
                 "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"], trained["env"])
     assert proc.returncode == 0, proc.stdout[-5000:]
-    assert "received no prompt channels" in proc.stdout
+    assert "received no prompt channels" in proc.stdout + proc.stderr
     assert len([f for f in os.listdir(tmp_path / "plain") if f.endswith(".nii.gz")]) == 2
 
 

@@ -65,7 +65,39 @@ def test_every_decoder_stage_is_modulated_and_the_encoder_sees_the_image_only(ar
     assert first_conv.in_channels == 1
     out = net(_input(clicks=[(4, 8, 8)]))
     assert [o.shape[2:] for o in out] == [(8, 16, 16), (4, 8, 8)]
-    assert all(n.prompt is None for norms in net.stage_norms for n in norms)  # no activations kept
+    # M is an argument of the norms, never state: no tensor is left on them after a call
+    assert not any(torch.is_tensor(v) for norms in net.stage_norms for n in norms for v in vars(n).values())
+
+
+@pytest.mark.parametrize("deep_supervision", [True, False])
+def test_psap_decoder_runs_nnunets_decoder_step_for_step(deep_supervision):
+    """PSAPUNet.decode writes out UNetDecoder.forward to pass M to the norms; with each PSAP norm bound to its
+    stage's M, nnU-Net's own decoder forward must give exactly the same outputs."""
+    from nnunet_prompt.networks.psap import resize_prompt
+    net = PSAPUNet(_unet("PlainConvUNet"), num_prompt_channels=4).eval()
+    net.unet.decoder.deep_supervision = deep_supervision
+    x = _input(clicks=[(4, 8, 8)], negative=[(2, 3, 3)])
+    with torch.no_grad():
+        skips = net.unet.encoder(x[:, :1])
+        m = net.psap_prompt(x)
+        ours = net.decode(skips, m)
+
+        class Bound(torch.nn.Module):  # a norm called as norm(x), with its stage's M fixed
+            def __init__(self, norm, m_s):
+                super().__init__()
+                self.norm, self.m_s = norm, m_s
+
+            def forward(self, feats):
+                return self.norm(feats, self.m_s)
+
+        for s, stage in enumerate(net.unet.decoder.stages):
+            m_s = resize_prompt(m, skips[-(s + 2)].shape[2:])
+            for block in stage.convs:
+                i = [k for k, mod in enumerate(block.all_modules) if isinstance(mod, PSAPNorm)][0]
+                block.all_modules[i] = Bound(block.all_modules[i], m_s)
+        theirs = net.unet.decoder(skips)
+    ours, theirs = (ours, theirs) if deep_supervision else ([ours], [theirs])
+    assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
 def test_a_click_changes_the_decoder_features_at_its_location():
@@ -103,11 +135,11 @@ def test_negative_clicks_and_the_previous_mask_modulate_and_the_box_is_ignored()
 def test_eq2_without_the_residual_gamma_is_available():
     norm = PSAPNorm(4, torch.nn.Conv3d, residual_gamma=False)
     x = torch.randn(1, 4, 4, 4, 4)
-    norm.prompt = torch.zeros(1, 3, 4, 4, 4)
+    m = torch.zeros(1, 3, 4, 4, 4)
     with torch.no_grad():
-        h = norm.shared(norm.prompt)
+        h = norm.shared(m)
         expected = norm.gamma(h) * torch.nn.functional.instance_norm(x, eps=1e-5) + norm.beta(h)
-        assert torch.allclose(norm(x), expected)
+        assert torch.allclose(norm(x, m), expected)
 
 
 @pytest.mark.parametrize("arch", ["PlainConvUNet", "ResidualEncoderUNet"])

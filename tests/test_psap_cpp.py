@@ -9,11 +9,10 @@ import SimpleITK as sitk
 import torch
 
 from conftest import CONFIG, PLANS, run, train_demo_trainer
-from nnunet_prompt.inference.cross_patch import (CrossPatchPropagator, NoCrossPatchHead, neighbour_regions,
-                                                touches_sides)
+from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, NoCrossPatchHead, touches_sides
 from nnunet_prompt.networks.cross_patch_prompt import CrossPatchPromptNet
-from nnunet_prompt.training.cross_patch_training import (CrossPatchLoss, neighbour_directions, pair_geometry,
-                                                         sample_pairs)
+from nnunet_prompt.prompts.regions import neighbour_directions, neighbour_regions
+from nnunet_prompt.training.cross_patch_training import CrossPatchLoss, pair_geometry, sample_pairs
 
 TRAINER = "PSAPTrainer_CPP_demo"
 

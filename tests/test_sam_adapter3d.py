@@ -154,18 +154,19 @@ def test_planner_fixes_an_isotropic_patch_and_replans_the_unet(sam3d_plans):
 def test_missing_sam_checkpoint_is_a_clear_error(sam3d_plans, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     with pytest.raises(SAMCheckpointError, match=f"{ENV_VAR}.*randomInit"):
-        _trainer(sam3d_plans, "SAMAdapter3DTrainer")
+        _trainer(sam3d_plans, "SAMAdapter3DTrainer").initialize()
     monkeypatch.setenv(ENV_VAR, "/nonexistent/sam_vit_b.pth")
     with pytest.raises(SAMCheckpointError, match="does not exist"):
-        _trainer(sam3d_plans, "SAMAdapter3DTrainer")
+        _trainer(sam3d_plans, "SAMAdapter3DTrainer").initialize()
 
 
 def test_random_init_variant_needs_no_file_and_keeps_everything_in_checkpoints(sam3d_plans, tiny_sam, monkeypatch):
-    from nnunet_prompt.training.sam_adapter3d_trainer import PLANS_KEY
+    from nnunet_prompt.model_record import put_record
     monkeypatch.setenv(ENV_VAR, tiny_sam)  # the shape only: ViT-B would be too slow here
     trainer = _trainer(sam3d_plans, "SAMAdapter3DTrainer_randomInit")
-    spec = trainer.plans_manager.plans[PLANS_KEY]
-    assert spec["sam_base"] is None and spec["vision_config"]["hidden_size"] == 32
+    record = trainer.fresh_record()
+    assert record.sam["base"] is None and record.sam["vision_config"]["hidden_size"] == 32
+    put_record(trainer.plans_manager.plans, record)
     monkeypatch.delenv(ENV_VAR)
     net = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 3, False)
     assert set(net.frozen_parameter_names()) <= set(net.state_dict())
@@ -192,15 +193,16 @@ def test_a_training_step_through_nnunets_trainer(sam3d_plans, tiny_sam, monkeypa
 
 def test_nnunetv2_train_stores_the_sam_reference_and_resumes_with_c(teacher_fold):
     import json
-    from nnunet_prompt.training.sam_adapter3d_trainer import PLANS_KEY
+    from nnunet_prompt.model_record import PLANS_KEY
     from conftest import run
     ckpt = torch.load(os.path.join(teacher_fold["fold"], "checkpoint_final.pth"), map_location="cpu",
                       weights_only=False)
     assert ckpt["current_epoch"] == 1
     weights = ckpt["network_weights"]
     assert "encoder.pos.depth_table" in weights and not any(k.endswith("attn.attn.qkv.weight") for k in weights)
-    spec = json.load(open(os.path.join(teacher_fold["folder"], "plans.json")))[PLANS_KEY]
-    assert spec["sam_base"]["path"] == teacher_fold["env"][ENV_VAR]
+    record = json.load(open(os.path.join(teacher_fold["folder"], "plans.json")))[PLANS_KEY]
+    assert record["sam"]["base"]["path"] == teacher_fold["env"][ENV_VAR]
+    assert record["network"]["use_apg"] is True and record["trainer"].startswith("SAMAdapter3DTrainer")
     assert os.path.isfile(os.path.join(teacher_fold["fold"], "validation", "summary.json"))
     # --c without the variable: the stored reference finds the SAM file
     env = dict(teacher_fold["env"], NNUNET_PROMPT_DEMO_EPOCHS="2")

@@ -233,10 +233,10 @@ def test_k_class_training_through_nnunet_and_seqlora_hand_over(sam_datasets, mon
     s1.initialize()
     assert not s1.enable_deep_supervision and s1.network.decoder[-1].out_channels == 3
     assert type(s1.loss).__name__ != "DeepSupervisionWrapper"
-    # the base reference travels in the plans (plans.json beside the model): rebuilding needs no variable
-    from nnunet_prompt.training.sam_trainer import PLANS_KEY
+    # the base reference travels in the plans record (plans.json beside the model): rebuilding needs no variable
+    from nnunet_prompt.model_record import PLANS_KEY
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    assert s1.plans_manager.plans[PLANS_KEY]["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
+    assert s1.plans_manager.plans[PLANS_KEY]["sam"]["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
     with monkeypatch.context() as m:
         m.delenv(ENV_VAR)
         pm = PlansManager(dict(s1.plans_manager.plans))
@@ -247,7 +247,8 @@ def test_k_class_training_through_nnunet_and_seqlora_hand_over(sam_datasets, mon
     ckpt = str(tmp_path / "stage1.pth")
     s1.save_checkpoint(ckpt)
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    assert saved["sam_model"]["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
+    # nnU-Net's own checkpoint (not rewritten by us) carries the record in its init_args' plans
+    assert saved["init_args"]["plans"][PLANS_KEY]["sam"]["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
     assert not any(SAMSegNet_is_base(k) for k in saved["network_weights"])
 
     monkeypatch.setenv("NNUNET_PROMPT_SEQLORA_FROM", ckpt)
@@ -325,7 +326,7 @@ def box_trained(sam_datasets):
     assert first.returncode == 0, first.stdout[-5000:]
     folder = os.path.join(env["nnUNet_results"], sam_datasets["names"][ONE_LABEL_ID], f"{tr}__{PLANS}__{CONFIG}")
     ckpt1 = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), map_location="cpu", weights_only=False)
-    # resume: no environment variable needed any more, the base is recorded in sam_model.json
+    # resume: no environment variable needed any more, the base is recorded in the plans record
     env_c = {k: v for k, v in env.items() if k != ENV_VAR}
     second = run(cmd + ["--c"], dict(env_c, NNUNET_PROMPT_DEMO_EPOCHS="2"))
     assert second.returncode == 0, second.stdout[-5000:]
@@ -334,12 +335,14 @@ def box_trained(sam_datasets):
 
 def test_nnunetv2_train_resume_and_small_checkpoints(box_trained, sam_datasets):
     folder = box_trained["folder"]
-    info = json.load(open(os.path.join(folder, "sam_model.json")))
+    info = json.load(open(os.path.join(folder, "plans.json")))["nnunet_prompt"]["sam"]
     assert info["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
+    assert not os.path.exists(os.path.join(folder, "sam_model.json"))
     assert box_trained["ckpt1"]["current_epoch"] == 1
     path = os.path.join(folder, "fold_0", "checkpoint_final.pth")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    assert ckpt["current_epoch"] == 2 and ckpt["sam_model"] == info
+    assert ckpt["current_epoch"] == 2 and ckpt["init_args"]["plans"]["nnunet_prompt"]["sam"] == info
+    assert "sam_model" not in ckpt  # nnU-Net's checkpoint as nnU-Net wrote it
     weights = ckpt["network_weights"]
     assert not any(SAMSegNet_is_base(k) for k in weights)
     assert any(".lora_A." in k for k in weights) and any(k.startswith("decoder.") for k in weights)

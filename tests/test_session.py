@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_prompt.inference.session import InteractiveSession, grown_region, region_around
+from nnunet_prompt.inference.session import InteractiveSession
+from nnunet_prompt.prompts.regions import grown_region, region_around
 
 
 def test_region_around_is_patch_sized_and_inside():

@@ -62,8 +62,8 @@ def trained_small():
         batch = [make_sample(rng) for _ in range(4)]
         x = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None]
         y = torch.from_numpy(np.stack([b[1] for b in batch]))
-        net.set_clinical([{"text": b[2]} for b in batch])
-        loss = F.cross_entropy(net(x), y, weight=weights)
+        with net.conditioned_on([{"text": b[2]} for b in batch]):
+            loss = F.cross_entropy(net(x), y, weight=weights)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -72,8 +72,7 @@ def trained_small():
 
 
 def _predict(net, img, text):
-    net.set_clinical([{"text": text}])
-    with torch.no_grad():
+    with torch.no_grad(), net.conditioned_on([{"text": text}]):
         return net(torch.from_numpy(img)[None, None]).argmax(1)[0].numpy()
 
 

@@ -4,7 +4,7 @@ NNUNET_PROMPT_DISTILL_TEACHER (a fold folder or a checkpoint in one); the studen
 (`nnUNetv2_predict -tr DistillTrainer`). Logic: nnunet_prompt.training.distill_trainer and .distillation.
 """
 from nnunet_prompt.training.distill_trainer import DistillTrainerBase
-from nnunet_prompt.training.schedules import DemoSchedule, epochs
+from nnunet_prompt.training.schedules import DemoSchedule, FixedEpochs
 
 
 class DistillTrainer(DistillTrainerBase):
@@ -16,10 +16,20 @@ class DistillTrainer_narrow(DistillTrainerBase):
     width_divisor = 2
 
 
-DistillTrainer_1epoch = epochs(DistillTrainer, 1, "DistillTrainer_1epoch")
-DistillTrainer_5epochs = epochs(DistillTrainer, 5, "DistillTrainer_5epochs")
-DistillTrainer_50epochs = epochs(DistillTrainer, 50, "DistillTrainer_50epochs")
-DistillTrainer_250epochs = epochs(DistillTrainer, 250, "DistillTrainer_250epochs")
+class DistillTrainer_1epoch(FixedEpochs, DistillTrainer):
+    fixed_num_epochs = 1
+
+
+class DistillTrainer_5epochs(FixedEpochs, DistillTrainer):
+    fixed_num_epochs = 5
+
+
+class DistillTrainer_50epochs(FixedEpochs, DistillTrainer):
+    fixed_num_epochs = 50
+
+
+class DistillTrainer_250epochs(FixedEpochs, DistillTrainer):
+    fixed_num_epochs = 250
 
 
 class DistillTrainer_demo(DemoSchedule, DistillTrainer):

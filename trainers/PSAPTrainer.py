@@ -6,17 +6,27 @@ Short-schedule variants follow nnU-Net's naming (nnUNetTrainer_5epochs etc.).
 """
 from nnunet_prompt.interaction.simulation import SimulationPolicy
 from nnunet_prompt.training.psap_trainer import PSAPTrainerBase
-from nnunet_prompt.training.schedules import DemoSchedule, epochs
+from nnunet_prompt.training.schedules import DemoSchedule, FixedEpochs
 
 
 class PSAPTrainer(PSAPTrainerBase):
     pass
 
 
-PSAPTrainer_1epoch = epochs(PSAPTrainer, 1, "PSAPTrainer_1epoch")
-PSAPTrainer_5epochs = epochs(PSAPTrainer, 5, "PSAPTrainer_5epochs")
-PSAPTrainer_50epochs = epochs(PSAPTrainer, 50, "PSAPTrainer_50epochs")
-PSAPTrainer_250epochs = epochs(PSAPTrainer, 250, "PSAPTrainer_250epochs")
+class PSAPTrainer_1epoch(FixedEpochs, PSAPTrainer):
+    fixed_num_epochs = 1
+
+
+class PSAPTrainer_5epochs(FixedEpochs, PSAPTrainer):
+    fixed_num_epochs = 5
+
+
+class PSAPTrainer_50epochs(FixedEpochs, PSAPTrainer):
+    fixed_num_epochs = 50
+
+
+class PSAPTrainer_250epochs(FixedEpochs, PSAPTrainer):
+    fixed_num_epochs = 250
 
 
 class PSAPTrainer_demo(DemoSchedule, PSAPTrainer):
@@ -31,9 +41,16 @@ class PSAPTrainer_CPP(PSAPTrainer):
     cross_patch_prompt = True
 
 
-PSAPTrainer_CPP_5epochs = epochs(PSAPTrainer_CPP, 5, "PSAPTrainer_CPP_5epochs")
-PSAPTrainer_CPP_50epochs = epochs(PSAPTrainer_CPP, 50, "PSAPTrainer_CPP_50epochs")
-PSAPTrainer_CPP_250epochs = epochs(PSAPTrainer_CPP, 250, "PSAPTrainer_CPP_250epochs")
+class PSAPTrainer_CPP_5epochs(FixedEpochs, PSAPTrainer_CPP):
+    fixed_num_epochs = 5
+
+
+class PSAPTrainer_CPP_50epochs(FixedEpochs, PSAPTrainer_CPP):
+    fixed_num_epochs = 50
+
+
+class PSAPTrainer_CPP_250epochs(FixedEpochs, PSAPTrainer_CPP):
+    fixed_num_epochs = 250
 
 
 class PSAPTrainer_CPP_demo(DemoSchedule, PSAPTrainer_CPP):

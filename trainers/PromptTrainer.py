@@ -5,17 +5,27 @@ Short-schedule variants follow nnU-Net's naming (nnUNetTrainer_5epochs etc.).
 """
 from nnunet_prompt.interaction.simulation import SimulationPolicy
 from nnunet_prompt.training.prompt_trainer import PromptTrainerBase
-from nnunet_prompt.training.schedules import DemoSchedule, epochs
+from nnunet_prompt.training.schedules import DemoSchedule, FixedEpochs
 
 
 class PromptTrainer(PromptTrainerBase):
     pass
 
 
-PromptTrainer_1epoch = epochs(PromptTrainer, 1, "PromptTrainer_1epoch")
-PromptTrainer_5epochs = epochs(PromptTrainer, 5, "PromptTrainer_5epochs")
-PromptTrainer_50epochs = epochs(PromptTrainer, 50, "PromptTrainer_50epochs")
-PromptTrainer_250epochs = epochs(PromptTrainer, 250, "PromptTrainer_250epochs")
+class PromptTrainer_1epoch(FixedEpochs, PromptTrainer):
+    fixed_num_epochs = 1
+
+
+class PromptTrainer_5epochs(FixedEpochs, PromptTrainer):
+    fixed_num_epochs = 5
+
+
+class PromptTrainer_50epochs(FixedEpochs, PromptTrainer):
+    fixed_num_epochs = 50
+
+
+class PromptTrainer_250epochs(FixedEpochs, PromptTrainer):
+    fixed_num_epochs = 250
 
 
 class PromptTrainer_demo(DemoSchedule, PromptTrainer):

@@ -8,7 +8,7 @@ Ablations (Table 3) and schedules follow nnU-Net's naming.
 """
 from nnunet_prompt.networks.auto_sam_adapter import AutoSAMOptions
 from nnunet_prompt.training.sam_adapter3d_trainer import SAMAdapter3DTrainerBase
-from nnunet_prompt.training.schedules import DemoSchedule, epochs
+from nnunet_prompt.training.schedules import DemoSchedule, FixedEpochs
 
 
 class SAMAdapter3DTrainer(SAMAdapter3DTrainerBase):
@@ -17,17 +17,17 @@ class SAMAdapter3DTrainer(SAMAdapter3DTrainerBase):
 
 class SAMAdapter3DTrainer_noAPG(SAMAdapter3DTrainerBase):
     """Table 3: without the auto prompt generator (the decoder sees the image embedding alone)."""
-    network_options = AutoSAMOptions(use_apg=False)
+    autosam_options = AutoSAMOptions(use_apg=False)
 
 
 class SAMAdapter3DTrainer_noMLA(SAMAdapter3DTrainerBase):
     """Table 3: without multi-layer aggregation (the decoder sees the last embedding only, no stage features)."""
-    network_options = AutoSAMOptions(use_multilayer_aggregation=False)
+    autosam_options = AutoSAMOptions(use_multilayer_aggregation=False)
 
 
 class SAMAdapter3DTrainer_noAPG_noMLA(SAMAdapter3DTrainerBase):
     """Table 3: neither."""
-    network_options = AutoSAMOptions(use_apg=False, use_multilayer_aggregation=False)
+    autosam_options = AutoSAMOptions(use_apg=False, use_multilayer_aggregation=False)
 
 
 class SAMAdapter3DTrainer_randomInit(SAMAdapter3DTrainerBase):
@@ -37,10 +37,20 @@ class SAMAdapter3DTrainer_randomInit(SAMAdapter3DTrainerBase):
     sam_random_init = True
 
 
-SAMAdapter3DTrainer_1epoch = epochs(SAMAdapter3DTrainer, 1, "SAMAdapter3DTrainer_1epoch")
-SAMAdapter3DTrainer_5epochs = epochs(SAMAdapter3DTrainer, 5, "SAMAdapter3DTrainer_5epochs")
-SAMAdapter3DTrainer_50epochs = epochs(SAMAdapter3DTrainer, 50, "SAMAdapter3DTrainer_50epochs")
-SAMAdapter3DTrainer_200epochs = epochs(SAMAdapter3DTrainer, 200, "SAMAdapter3DTrainer_200epochs")  # the seed's
+class SAMAdapter3DTrainer_1epoch(FixedEpochs, SAMAdapter3DTrainer):
+    fixed_num_epochs = 1
+
+
+class SAMAdapter3DTrainer_5epochs(FixedEpochs, SAMAdapter3DTrainer):
+    fixed_num_epochs = 5
+
+
+class SAMAdapter3DTrainer_50epochs(FixedEpochs, SAMAdapter3DTrainer):
+    fixed_num_epochs = 50
+
+
+class SAMAdapter3DTrainer_200epochs(FixedEpochs, SAMAdapter3DTrainer):  # the seed's
+    fixed_num_epochs = 200
 
 
 class SAMAdapter3DTrainer_demo(DemoSchedule, SAMAdapter3DTrainer):

@@ -18,7 +18,7 @@ Logic: nnunet_prompt.training.sam_trainer and nnunet_prompt.sam. Variants:
 from nnunet_prompt.interaction.simulation import SimulationPolicy
 from nnunet_prompt.sam.network import SAMNetworkOptions
 from nnunet_prompt.training.sam_trainer import SAMDemoSchedule, SAMLoRATrainerBase, SAMPromptTrainerBase
-from nnunet_prompt.training.schedules import epochs
+from nnunet_prompt.training.schedules import FixedEpochs
 
 
 class SAMLoRATrainer(SAMLoRATrainerBase):
@@ -73,11 +73,24 @@ class SAMLoRATrainer_GaRPA_ProViCMA_randomInit(SAMLoRATrainer_GaRPA_ProViCMA):
     sam_random_init = True
 
 
-SAMLoRATrainer_1epoch = epochs(SAMLoRATrainer, 1, "SAMLoRATrainer_1epoch")
-SAMLoRATrainer_5epochs = epochs(SAMLoRATrainer, 5, "SAMLoRATrainer_5epochs")
-SAMLoRATrainer_50epochs = epochs(SAMLoRATrainer, 50, "SAMLoRATrainer_50epochs")
-SAMLoRATrainer_box_5epochs = epochs(SAMLoRATrainer_box, 5, "SAMLoRATrainer_box_5epochs")
-SAMLoRATrainer_box_50epochs = epochs(SAMLoRATrainer_box, 50, "SAMLoRATrainer_box_50epochs")
+class SAMLoRATrainer_1epoch(FixedEpochs, SAMLoRATrainer):
+    fixed_num_epochs = 1
+
+
+class SAMLoRATrainer_5epochs(FixedEpochs, SAMLoRATrainer):
+    fixed_num_epochs = 5
+
+
+class SAMLoRATrainer_50epochs(FixedEpochs, SAMLoRATrainer):
+    fixed_num_epochs = 50
+
+
+class SAMLoRATrainer_box_5epochs(FixedEpochs, SAMLoRATrainer_box):
+    fixed_num_epochs = 5
+
+
+class SAMLoRATrainer_box_50epochs(FixedEpochs, SAMLoRATrainer_box):
+    fixed_num_epochs = 50
 
 
 class SAMLoRATrainer_demo(SAMDemoSchedule, SAMLoRATrainer):

@@ -6,7 +6,7 @@ Variants: short schedules in nnU-Net's naming, the ablations of seed 004 Table 3
 instead of text; one prompt group instead of several), and opt-in empty text for cases without any.
 """
 from nnunet_prompt.text.config import ClinicalContextConfig
-from nnunet_prompt.training.schedules import DemoSchedule, epochs
+from nnunet_prompt.training.schedules import DemoSchedule, FixedEpochs
 from nnunet_prompt.training.text_trainer import TextPromptTrainerBase
 
 
@@ -14,10 +14,20 @@ class TextPromptTrainer(TextPromptTrainerBase):
     pass
 
 
-TextPromptTrainer_1epoch = epochs(TextPromptTrainer, 1, "TextPromptTrainer_1epoch")
-TextPromptTrainer_5epochs = epochs(TextPromptTrainer, 5, "TextPromptTrainer_5epochs")
-TextPromptTrainer_50epochs = epochs(TextPromptTrainer, 50, "TextPromptTrainer_50epochs")
-TextPromptTrainer_250epochs = epochs(TextPromptTrainer, 250, "TextPromptTrainer_250epochs")
+class TextPromptTrainer_1epoch(FixedEpochs, TextPromptTrainer):
+    fixed_num_epochs = 1
+
+
+class TextPromptTrainer_5epochs(FixedEpochs, TextPromptTrainer):
+    fixed_num_epochs = 5
+
+
+class TextPromptTrainer_50epochs(FixedEpochs, TextPromptTrainer):
+    fixed_num_epochs = 50
+
+
+class TextPromptTrainer_250epochs(FixedEpochs, TextPromptTrainer):
+    fixed_num_epochs = 250
 
 
 class TextPromptTrainer_allowMissingText(TextPromptTrainer):

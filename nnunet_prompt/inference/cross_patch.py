@@ -23,14 +23,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from nnunet_prompt.training.cross_patch_training import neighbour_directions
-
-Region = Tuple[Tuple[int, ...], Tuple[int, ...]]  # inclusive-exclusive (lo, hi) per axis
+from nnunet_prompt.prompts.regions import Region, neighbour_regions, region_slices
 
 
 class NoCrossPatchHead(ValueError):
@@ -45,28 +43,6 @@ def require_cross_patch_head(network: torch.nn.Module, model_folder: str) -> tor
             f"with PSAPTrainer_CPP (e.g. nnUNetv2_train DATASET 3d_fullres 0 -tr PSAPTrainer_CPP). Leave out "
             f"--cross-patch / cross_patch=True for this model.")
     return head
-
-
-def region_slices(region: Region) -> Tuple[slice, ...]:
-    return tuple(slice(a, b) for a, b in zip(*region))
-
-
-def neighbour_regions(region: Region, shape: Sequence[int]) -> List[Tuple[Tuple[int, ...], Region]]:
-    """(direction, region) of the up to 26 neighbours of a region: the region shifted by half its size along each
-    axis (-1, 0 or +1 times), clipped into the image; neighbours that clipping makes coincide with the region
-    or with each other are dropped. The direction returned is the one of the clipped shift."""
-    lo, hi = np.asarray(region[0]), np.asarray(region[1])
-    size = hi - lo
-    stride = np.maximum(size // 2, 1)
-    out, seen = [], {tuple(lo)}
-    for d in neighbour_directions(len(size)):
-        new_lo = np.clip(lo + np.asarray(d) * stride, 0, np.asarray(shape) - size)
-        key = tuple(int(v) for v in new_lo)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append((tuple(int(v) for v in np.sign(new_lo - lo)), (key, tuple(int(v) for v in new_lo + size))))
-    return out
 
 
 def touches_sides(obj: torch.Tensor, direction: Sequence[int]) -> bool:
@@ -145,7 +121,3 @@ class CrossPatchPropagator:
         return result
 
 
-def bounding_region(regions: Sequence[Region]) -> Region:
-    lo = tuple(int(min(r[0][a] for r in regions)) for a in range(len(regions[0][0])))
-    hi = tuple(int(max(r[1][a] for r in regions)) for a in range(len(regions[0][0])))
-    return lo, hi

@@ -16,10 +16,13 @@ label's logits come from the patches around its positive clicks and the neighbou
 cross-patch prompt head proposes (``nnunet_prompt.inference.cross_patch``) instead of a sliding window over
 the whole image; voxels no patch reached are background.
 
-Text-conditioned models (``clinical_context.json`` in the model folder, see ``nnunet_prompt.text``) take
-no prompt channels: each case's clinical entry (the prompt's ``text``, or an entry of a clinical-text
-sidecar given with ``set_clinical_text``) is handed to the network before nnU-Net's ordinary prediction
-of the dataset's label map.
+Text-conditioned models (a ``clinical_context`` in the model's plans record, see ``nnunet_prompt.model_record``)
+take no prompt channels: each case's clinical entry (the prompt's ``text``, or an entry of a clinical-text sidecar
+given with ``set_clinical_text``) conditions the network during nnU-Net's ordinary prediction of the dataset's label
+map.
+
+The network is rebuilt by nnU-Net's own ``initialize_from_trained_model_folder`` from the model's plans.json alone;
+this class reads the prompt layout or the context encoder from the same record.
 """
 from __future__ import annotations
 
@@ -31,31 +34,18 @@ import numpy as np
 import torch
 
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, region_slices, require_cross_patch_head
+from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, require_cross_patch_head
+from nnunet_prompt.model_record import record_from_plans
+from nnunet_prompt.networks.contract import object_label_manager, unwrap
 from nnunet_prompt.prompts.encoding import MASK, POS, PromptEncoding, ball_radius_voxels, draw_balls, encode_preprocessed
-from nnunet_prompt.training.prompt_trainer import IN_CHANNELS_ATTR
-from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
+from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid, case_volume_spacing
 from nnunet_prompt.prompts.model import PromptError, PromptsByCase, foreground_labels
-from nnunet_prompt.text.config import ClinicalContextConfig, using
+from nnunet_prompt.prompts.regions import region_around, region_slices
+from nnunet_prompt.text.config import ClinicalContextConfig
 
 UNPROMPTED_LOGIT = -100.0
 UNREACHED_LOGIT = -10.0  # cross-patch prediction: voxels outside every predicted patch (as the session's background)
-
-
-def volume_spacing(configuration_spacing, properties: dict, transpose_forward):
-    """Spacing of a case's preprocessed volume. A 2d configuration's spacing is in-plane only; its preprocessed
-    data are whole volumes whose slice spacing is the case's own (nnU-Net's DefaultPreprocessor keeps it)."""
-    spacing = [float(v) for v in configuration_spacing]
-    if len(spacing) == 2:
-        spacing = [float(properties["spacing"][transpose_forward[0]])] + spacing
-    return spacing
-
-
-def object_label_manager() -> LabelManager:
-    """Labels of one prompted object: what a prompt model's two outputs mean."""
-    return LabelManager({"background": 0, "object": 1}, None)
 
 
 class PromptPredictor(nnUNetPredictor):
@@ -86,33 +76,27 @@ class PromptPredictor(nnUNetPredictor):
             if not os.path.isfile(os.path.join(model_training_output_dir, f"fold_{f}", checkpoint_name)):
                 raise FileNotFoundError(f"Model '{model_training_output_dir}' has no fold_{f}/{checkpoint_name} "
                                         f"(folds present: {available}). Train that fold or pick another with -f / -chk.")
-        self.clinical_context = ClinicalContextConfig.load(model_training_output_dir)
-        if self.clinical_context is not None:
-            # rebuild the context encoder the model was trained with (its language model, found again if moved)
-            with using(self.clinical_context.relocated()):
-                super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
-            self.prompt_encoding = None
-            return
-        # SAM models: the frozen encoder comes from the base file recorded beside plans.json (found again if moved)
-        from nnunet_prompt.sam.model_info import SAMModelInfo, using as using_sam
-        sam_info = SAMModelInfo.load(model_training_output_dir)
-        with using_sam(None if sam_info is None else sam_info.relocated()):
-            super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
-        # the layout the model was trained with, not whatever the trainer code says today
-        self.prompt_encoding = PromptEncoding.load(model_training_output_dir)
-        num_image_channels = len(self.dataset_json['channel_names'])
-        expected = self.network.__dict__.get(IN_CHANNELS_ATTR)
-        if expected != num_image_channels + self.prompt_encoding.num_channels:
-            raise ValueError(f"Model '{model_training_output_dir}' takes {expected} input channels, but its "
-                             f"{num_image_channels} image channel(s) and stored prompt layout "
-                             f"{list(self.prompt_encoding.channels)} make {num_image_channels + self.prompt_encoding.num_channels}.")
+        import json
+        plans_file = os.path.join(model_training_output_dir, "plans.json")
+        with open(plans_file, "r", encoding="utf-8") as f:
+            # before nnU-Net builds the network from these plans: one clear message for an old or foreign model
+            record = record_from_plans(json.load(f), model_training_output_dir)
+        if record.prompt_encoding is None and record.clinical_context is None:
+            raise PromptError(f"Model '{model_training_output_dir}' ({record.trainer}) takes no prompts: predict it with "
+                              f"plain nnUNetv2_predict.")
+        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        # the prompt layout / context encoder the model was trained with, not whatever the trainer code says today
+        self.prompt_encoding = (None if record.prompt_encoding is None
+                                else PromptEncoding.from_dict(record.prompt_encoding))
+        self.clinical_context = (None if record.clinical_context is None
+                                 else ClinicalContextConfig.from_dict(record.clinical_context))
 
     def enable_cross_patch(self, model_folder: str, threshold: float = 0.5, max_patches: int = 27) -> None:
         """Predict each prompted label by cross-patch propagation from its positive clicks (one fold only)."""
         if self.list_of_parameters is not None and len(self.list_of_parameters) != 1:
             raise PromptError(f"--cross-patch predicts with one fold (-f F); {len(self.list_of_parameters)} were given.")
         try:
-            head = require_cross_patch_head(self.network_module(), model_folder)
+            head = require_cross_patch_head(unwrap(self.network), model_folder)
         except ValueError as e:
             raise PromptError(str(e)) from None
         if self.list_of_parameters is not None:
@@ -196,7 +180,7 @@ class PromptPredictor(nnUNetPredictor):
         labels = foreground_labels(self.dataset_json)
         out: Dict[int, torch.Tensor] = {}
         self._current_case, self._current_case_clicks = case, {}
-        spacing = volume_spacing(self.configuration_manager.spacing, properties, self.plans_manager.transpose_forward)
+        spacing = case_volume_spacing(self.configuration_manager.spacing, properties, self.plans_manager.transpose_forward)
         for p in prompts:
             label = p.resolve_label(labels, case, self.prompts_source)
             if label in out:
@@ -248,7 +232,6 @@ class PromptPredictor(nnUNetPredictor):
         """Object logits of one label from the patch around each positive click and the patches the CPP head
         proposes from there; proposed clicks are drawn into the positive-click channel, the result so far is
         each patch's mask prompt."""
-        from nnunet_prompt.inference.session import region_around
         if not clicks:
             raise PromptError(f"--cross-patch starts from positive clicks, and the prompt of case '{self._current_case}' "
                               f"for label {label} in '{self.prompts_source}' has none: add \"positive_points\".")
@@ -301,16 +284,13 @@ class PromptPredictor(nnUNetPredictor):
             self._current_case_channels = None
             self._current_case_entry = None
 
-    def network_module(self):
-        return getattr(self.network, "_orig_mod", self.network)  # torch.compile wraps the module
-
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         if self.clinical_context is not None:
             if self._current_case_entry is None:
                 raise RuntimeError("Text-conditioned prediction needs clinical text: call it through "
                                    "predict_from_files after set_prompts() / set_clinical_text().")
-            self.network_module().set_clinical([self._current_case_entry])
-            return super().predict_logits_from_preprocessed_data(data)
+            with unwrap(self.network).conditioned_on([self._current_case_entry]):
+                return super().predict_logits_from_preprocessed_data(data)
         if self._current_case_channels is None:
             raise RuntimeError("PromptPredictor needs prompts: call it through predict_from_files after set_prompts().")
         return self.predict_prompted_logits(data, self._current_case_channels)

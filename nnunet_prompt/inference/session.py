@@ -32,44 +32,15 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from nnunet_prompt.inference.cross_patch import (CrossPatchPropagator, Propagation, bounding_region,
-                                                require_cross_patch_head)
-from nnunet_prompt.inference.predictor import PromptPredictor, object_label_manager, volume_spacing
+from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, Propagation, require_cross_patch_head
+from nnunet_prompt.inference.predictor import PromptPredictor
+from nnunet_prompt.networks.contract import object_label_manager, unwrap
 from nnunet_prompt.prompts.encoding import encode_preprocessed
-from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid
+from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid, case_volume_spacing
 from nnunet_prompt.prompts.model import Prompt
+from nnunet_prompt.prompts.regions import Region, bounding_region, grown_region, region_around
 
 BACKGROUND_LOGIT = -10.0
-Region = Tuple[Tuple[int, ...], Tuple[int, ...]]  # inclusive-exclusive (lo, hi) per axis
-
-
-def region_around(center: Sequence[float], patch: Sequence[int], shape: Sequence[int]) -> Region:
-    lo, hi = [], []
-    for c, p, s in zip(center, patch, shape):
-        p = min(int(p), int(s))
-        start = int(np.clip(round(c) - p // 2, 0, s - p))
-        lo.append(start)
-        hi.append(start + p)
-    return tuple(lo), tuple(hi)
-
-
-def grown_region(region: Region, object_in_region: np.ndarray, patch: Sequence[int], shape: Sequence[int]) -> Optional[Region]:
-    """The region enlarged by half a patch on every side where the object touches the region's border
-    (sides on the image border excepted), or None if no side needs to grow."""
-    lo, hi = list(region[0]), list(region[1])
-    grew = False
-    for a in range(3):
-        if int(patch[a]) // 2 == 0:  # a zero step: this axis does not grow (slice-wise 2d models)
-            continue
-        first = np.take(object_in_region, 0, axis=a)
-        last = np.take(object_in_region, -1, axis=a)
-        if lo[a] > 0 and first.any():
-            lo[a] = max(0, lo[a] - int(patch[a]) // 2)
-            grew = True
-        if hi[a] < shape[a] and last.any():
-            hi[a] = min(int(shape[a]), hi[a] + int(patch[a]) // 2)
-            grew = True
-    return (tuple(lo), tuple(hi)) if grew else None
 
 
 @dataclass
@@ -99,7 +70,7 @@ class InteractiveSession:
         self.max_growth = max_growth
         self.cross_patch: Optional[CrossPatchPropagator] = None
         if cross_patch:
-            head = require_cross_patch_head(self.predictor.network_module(), model_folder)
+            head = require_cross_patch_head(unwrap(self.predictor.network), model_folder)
             self.cross_patch = CrossPatchPropagator(head, cross_patch_threshold, max_patches,
                                                     cross_patch_require_contact, self.predictor.device)
         self.last_propagation: Optional[Propagation] = None
@@ -134,7 +105,7 @@ class InteractiveSession:
         self._data = torch.from_numpy(np.ascontiguousarray(pre)).float()
         self._grid = PreprocessedGrid(props, pm.transpose_forward, pre.shape[1:])
         self._geometry = ImageGeometry.from_nnunet_properties(props, self._grid.raw_shape_zyx)
-        self._spacing = volume_spacing(cm.spacing, props, pm.transpose_forward)  # 3D even for 2d configurations
+        self._spacing = case_volume_spacing(cm.spacing, props, pm.transpose_forward)  # 3D even for 2d configurations
         self.reset()
 
     def _require_image(self):
@@ -162,7 +133,7 @@ class InteractiveSession:
             raise ValueError("This model was trained on structured clinical fields (numeric-category ablation), "
                              "not on text; predict it with `nnunet-prompt predict --clinical-text`.")
         t0 = time.perf_counter()
-        self.predictor.network_module().set_clinical([{"text": str(text)}])
+        unwrap(self.predictor.network).set_clinical([{"text": str(text)}])
         with torch.no_grad():
             logits = self.predictor.predict_sliding_window_return_logits(self._data).float().cpu()
         self._history.append(("text", self._text_logits))

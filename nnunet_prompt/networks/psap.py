@@ -22,7 +22,8 @@ Decisions, with reasons:
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import warnings
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,12 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 from nnunet_prompt.networks.composed_unet import ComposedUNet
 from nnunet_prompt.prompts.encoding import BOX, MASK, NEG, POS
 
-# channels of the prompt encoding that make seed 001's M = [P, N, Y], in that order
+# channels of the prompt encoding that make CT-SAM3D's M = [P, N, Y], in that order
 PSAP_PROMPT_CHANNELS = (POS, NEG, MASK)
+
+
+class BoxIgnoredWarning(UserWarning):
+    pass
 
 
 def resize_prompt(m: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -49,8 +54,8 @@ def resize_prompt(m: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 class PSAPNorm(nn.Module):
     """Prompt-conditioned instance norm: (1 + gamma(M)) * IN(X) + beta(M) (or gamma(M) * IN(X) + beta(M)).
 
-    M is not an argument of forward (it sits inside nnU-Net's conv blocks, which call ``norm(x)``):
-    the owning network puts it on ``self.prompt`` before the decoder runs and removes it afterwards."""
+    It sits inside nnU-Net's conv blocks, whose own forward would call ``norm(x)``; ``PSAPUNet`` runs those blocks
+    itself and calls ``norm(x, m)``, so M is an argument, never state."""
 
     def __init__(self, num_features: int, conv_op, prompt_channels: int = len(PSAP_PROMPT_CHANNELS),
                  hidden_channels: int = 32, eps: float = 1e-5, residual_gamma: bool = True):
@@ -63,15 +68,13 @@ class PSAPNorm(nn.Module):
         self.shared = nn.Sequential(conv_op(prompt_channels, hidden_channels, 3, 1, 1), nn.LeakyReLU(inplace=True))
         self.gamma = conv_op(hidden_channels, num_features, 3, 1, 1)
         self.beta = conv_op(hidden_channels, num_features, 3, 1, 1)
-        self.prompt: Optional[torch.Tensor] = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.prompt is None:
-            raise RuntimeError("PSAPNorm has no prompt: it runs inside PSAPUNet, whose forward sets it.")
-        if tuple(self.prompt.shape[2:]) != tuple(x.shape[2:]):
-            raise RuntimeError(f"PSAP prompt of spatial size {tuple(self.prompt.shape[2:])} for features of size "
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """x: features (B, C, *S); m: M at the same spatial size (B, 3, *S)."""
+        if tuple(m.shape[2:]) != tuple(x.shape[2:]):
+            raise RuntimeError(f"PSAP prompt of spatial size {tuple(m.shape[2:])} for features of size "
                                f"{tuple(x.shape[2:])}.")
-        h = self.shared(self.prompt.to(x.dtype))
+        h = self.shared(m.to(x.dtype))
         gamma, beta = self.gamma(h), self.beta(h)
         normed = F.instance_norm(x, eps=self.eps)
         return (1 + gamma) * normed + beta if self.residual_gamma else gamma * normed + beta
@@ -125,20 +128,29 @@ class PSAPUNet(ComposedUNet):
     def forward(self, x: torch.Tensor):
         image = x[:, :x.shape[1] - self.num_prompt_channels]
         m = self.psap_prompt(x)
-        if not self.training and not self.__dict__.get("_box_warned") and bool(
-                x[:, x.shape[1] - self.num_prompt_channels + BOX].any()):
-            print("nnunet-prompt WARNING: PSAP models take clicks and a mask, not boxes (seed 001); the box "
-                  "prompt is ignored. Use PromptTrainer for box prompts.")
-            self.__dict__["_box_warned"] = True
-        skips = self.unet.encoder(image)
-        # decoder stage s outputs at the resolution of skip -(s + 2)
-        for s, norms in enumerate(self.stage_norms):
-            m_s = resize_prompt(m, skips[-(s + 2)].shape[2:])
-            for norm in norms:
-                norm.prompt = m_s
-        try:
-            return self.unet.decoder(skips)
-        finally:
-            for norms in self.stage_norms:
-                for norm in norms:
-                    norm.prompt = None  # hold no activations between calls
+        if not self.training and bool(x[:, x.shape[1] - self.num_prompt_channels + BOX].any()):
+            warnings.warn("PSAP models take clicks and a mask, not boxes (CT-SAM3D has no box prompt); the box prompt "
+                          "is ignored. Use PromptTrainer for box prompts.", BoxIgnoredWarning, stacklevel=2)
+        return self.decode(self.unet.encoder(image), m)
+
+    def decode(self, skips: List[torch.Tensor], m: torch.Tensor):
+        """nnU-Net's UNetDecoder.forward, step for step, except that each PSAP norm is called with M pooled to its
+        stage. Written out because the decoder's conv blocks call ``norm(x)``: the alternative, M put on the norm
+        modules around the call, is state hidden in the network."""
+        decoder = self.unet.decoder
+        lres_input = skips[-1]
+        seg_outputs = []
+        for s, stage in enumerate(decoder.stages):
+            x = decoder.transpconvs[s](lres_input)
+            x = torch.cat((x, skips[-(s + 2)]), 1)
+            m_s = resize_prompt(m, x.shape[2:])
+            for block in stage.convs:
+                for module in block.all_modules:
+                    x = module(x, m_s) if isinstance(module, PSAPNorm) else module(x)
+            if decoder.deep_supervision:
+                seg_outputs.append(decoder.seg_layers[s](x))
+            elif s == len(decoder.stages) - 1:
+                seg_outputs.append(decoder.seg_layers[-1](x))
+            lres_input = x
+        seg_outputs = seg_outputs[::-1]  # the largest prediction first, as nnU-Net's decoder returns them
+        return seg_outputs if decoder.deep_supervision else seg_outputs[0]

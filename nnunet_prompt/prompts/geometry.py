@@ -162,3 +162,23 @@ class PreprocessedGrid:
             target = [spacing_t[0]] + target
         resampled = configuration_manager.resampling_fn_seg(m[None], self.shape, spacing_t, target)
         return np.asarray(resampled[0]) > 0
+
+
+# Two spacings of "the volume a configuration works on", which differ for 2d configurations: nnU-Net's 2d spacing is
+# in-plane only, and its preprocessed data are whole volumes whose slice spacing is the case's own.
+def case_volume_spacing(configuration_spacing: Sequence[float], properties: dict, transpose_forward) -> list:
+    """3D spacing of one case's preprocessed volume (a 2d configuration: the case's own slice spacing, which
+    nnU-Net's DefaultPreprocessor keeps). For encoding a real case's prompts."""
+    spacing = [float(v) for v in configuration_spacing]
+    if len(spacing) == 2:
+        spacing = [float(properties["spacing"][transpose_forward[0]])] + spacing
+    return spacing
+
+
+def median_volume_spacing(plans_manager, configuration_manager) -> list:
+    """3D spacing of a typical preprocessed volume of the dataset (a 2d configuration: the dataset's median slice
+    spacing). For the simulated user, which sees patches, not cases."""
+    spacing = [float(v) for v in configuration_manager.spacing]
+    if len(spacing) == 2:
+        spacing = [float(plans_manager.plans['original_median_spacing_after_transp'][0])] + spacing
+    return spacing

@@ -143,7 +143,7 @@ class SAMSegmentationNet(nn.Module):
             raise RuntimeError(
                 f"these weights were trained on another SAM base (width, depth, patch, file size "
                 f"{fp.tolist()}) than the one this network was built from ({self.sam_base_fingerprint.tolist()}); "
-                f"set NNUNET_PROMPT_SAM_CHECKPOINT to the model's base file (see its sam_model.json)")
+                f"set NNUNET_PROMPT_SAM_CHECKPOINT to the model's base file (the 'sam' entry of its plans.json record)")
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if self.store_frozen or not self.is_base_key(k)]
         if strict and (missing or result.unexpected_keys):

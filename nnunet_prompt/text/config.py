@@ -1,18 +1,12 @@
-"""How a text-conditioned model reads clinical context, stored with the trained model.
+"""How a text-conditioned model reads clinical context: the ``clinical_context`` of its plans record.
 
-``clinical_context.json`` (beside ``plans.json``, written when training starts) records the context
-encoder: the language model with text prompt tuning (``kind = "language_model"``, with the
-``TextModelSpec``) or the numeric-category ablation (``kind = "categories"``), and the prompt-group
-sizes. Inference rebuilds exactly that encoder; its presence marks a model that needs text.
-
-While a stored model is rebuilt, ``using(config)`` makes it the active one, because nnU-Net builds
-networks through the trainer's static ``build_network_architecture``, which takes no such argument.
+The record (``nnunet_prompt.model_record``) holds the context encoder: the language model with text prompt
+tuning (``kind = "language_model"``, with the ``TextModelSpec``) or the numeric-category ablation
+(``kind = "categories"``), and the prompt-group sizes. The trainer's ``build_network_architecture`` rebuilds
+exactly that encoder from the plans; its presence marks a model that needs text.
 """
 from __future__ import annotations
 
-import json
-import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
@@ -20,9 +14,7 @@ from torch import nn
 
 from nnunet_prompt.text.language_model import TextModelSpec
 
-CONFIG_FILENAME = "clinical_context.json"
 KINDS = ("language_model", "categories")
-_active: list = []  # stack of configs being rebuilt (see module docstring)
 
 
 @dataclass(frozen=True)
@@ -54,32 +46,14 @@ class ClinicalContextConfig:
         from nnunet_prompt.text.prompt_tuning import TextPromptTuning
         return TextPromptTuning(self.text_model, self.num_groups, self.vectors_per_group)
 
-    def save(self, folder: str) -> None:
-        from nnunet_prompt.io_utils import atomic_write_json
-        atomic_write_json(asdict(self), os.path.join(folder, CONFIG_FILENAME))
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     @classmethod
-    def load(cls, folder: str) -> Optional["ClinicalContextConfig"]:
-        path = os.path.join(folder, CONFIG_FILENAME)
-        if not os.path.isfile(path):
-            return None
-        with open(path, "r", encoding="utf-8") as f:
-            d = json.load(f)
+    def from_dict(cls, d: dict) -> "ClinicalContextConfig":
+        d = dict(d)
         spec = d.pop("text_model", None)
         return cls(**d, text_model=TextModelSpec(**spec) if spec else None)
 
     def relocated(self) -> "ClinicalContextConfig":
         return self if self.text_model is None else replace(self, text_model=self.text_model.relocated())
-
-
-@contextmanager
-def using(config: ClinicalContextConfig):
-    _active.append(config)
-    try:
-        yield config
-    finally:
-        _active.pop()
-
-
-def active_config(default: ClinicalContextConfig) -> ClinicalContextConfig:
-    return _active[-1] if _active else default.with_text_model_from_environment()

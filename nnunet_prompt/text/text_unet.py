@@ -4,12 +4,14 @@ The U-Net is the one nnU-Net planned (PlainConvUNet, ResidualEncoderUNet, ...), 
 its encoder produces the skip features, a ``TwoWayTextFusion`` per level (every skip connection and the
 bottleneck) aligns them with the case's context tokens, and its own decoder finishes.
 
-The context is not a tensor input (nnU-Net's training loop and sliding-window predictor call
-``network(x)``), so the caller sets it per batch or per case with ``set_clinical(entries)`` before
-calling the network; one entry per sample, or one entry for all tiles of a case.
+The context is not a tensor input, and nnU-Net's train_step and sliding-window predictor call ``network(x)``
+with nothing else. So the caller conditions the network for the span of such a call:
+``with network.conditioned_on(entries): ...`` (one entry per sample, or one entry for all tiles of a case).
+Outside that block the network holds no context, and ``forward`` refuses to run.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -30,20 +32,28 @@ class TextConditionedUNet(ComposedUNet):
         dims = convert_conv_op_to_dim(unet.encoder.conv_op)
         self.fusions = nn.ModuleList(TwoWayTextFusion(context_encoder.context_dim, c, dims)
                                      for c in unet.encoder.output_channels)
-        self._entries: Optional[list] = None
+        self._entries: Optional[list] = None  # only inside conditioned_on()
         self._cached = None  # (entries key, context) while not training: a case's tiles share one context
 
-    def set_clinical(self, entries: Sequence[Mapping]) -> None:
+    @contextmanager
+    def conditioned_on(self, entries: Sequence[Mapping]):
+        """Condition every call of the network inside the block on these clinical entries."""
         for e in entries:
             if self.context_key not in e:
                 raise KeyError(f"Clinical entry {dict(e)!r} has no '{self.context_key}' (this model reads "
                                f"'{self.context_key}').")
+        outer = self._entries
         self._entries = [e[self.context_key] for e in entries]
+        try:
+            yield self
+        finally:
+            self._entries, self._cached = outer, None
 
     def context(self, batch_size: int) -> torch.Tensor:
         if self._entries is None:
-            raise RuntimeError("This text-conditioned network needs clinical context: call set_clinical() first "
-                               "(nnunet-prompt predict --prompts with 'text', or the trainer does it per batch).")
+            raise RuntimeError("This text-conditioned network needs clinical context: call it inside "
+                               "`with network.conditioned_on(entries):` (nnunet-prompt predict --prompts with 'text', "
+                               "or the trainer does it per batch).")
         if self.training:
             ctx = self.context_encoder(self._entries)
         else:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from nnunet_prompt.networks.cross_patch_prompt import cross_patch_loss
+from nnunet_prompt.prompts.regions import neighbour_directions
 
 # (U start, V start) per axis, and the crop size per axis
 PairCrops = Tuple[Tuple[int, ...], Tuple[int, ...]]
@@ -42,12 +43,6 @@ def pair_geometry(patch_size: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int
         crop.append(c)
         shift.append(int(p) - c if int(p) - c >= 1 and 2 * c - int(p) >= 1 else 0)
     return tuple(crop), tuple(shift)
-
-
-def neighbour_directions(ndim: int = 3) -> List[Tuple[int, ...]]:
-    """The 3^ndim - 1 directions to the neighbouring patches (26 in 3D), each component in {-1, 0, 1}."""
-    grids = torch.cartesian_prod(*[torch.tensor([-1, 0, 1])] * ndim).view(-1, ndim)
-    return [tuple(int(v) for v in d) for d in grids.tolist() if any(d)]
 
 
 def sample_pairs(batch_size: int, patch_size: Sequence[int], generator: torch.Generator) -> Tuple[List[PairCrops], Tuple[int, ...]]:

@@ -8,8 +8,8 @@ the teacher predicts once, without gradients, and ``DistillationLoss`` mixes nnU
 to the teacher's probabilities. Validation losses are nnU-Net's plain loss (no teacher).
 
 The teacher: ``NNUNET_PROMPT_DISTILL_TEACHER`` (nnUNetv2_train has no free arguments) names a trained fold
-folder or a checkpoint in one. It is recorded in ``distill_teacher.json`` beside the student's plans, so
-``--c`` finds it again without the variable.
+folder or a checkpoint in one. Its checkpoint and λ go into the plans record (``distillation``), so ``--c``
+resumes with the same teacher without the variable.
 """
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from torch import autocast
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunet_prompt.model_record import PLANS_KEY, put_record
 from nnunet_prompt.training.distillation import (TEACHER_ENV_VAR, DistillationLoss, TeacherError, load_teacher,
-                                                 narrowed_plans, read_teacher_record, teacher_probabilities,
-                                                 write_teacher_record)
+                                                 narrowed_plans, resolve_teacher, teacher_probabilities)
+from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
 
 
-class DistillTrainerBase(nnUNetTrainer):
+class DistillTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
     distill_lambda: float = 0.5  # eq. 2's λ (the seed's default)
     width_divisor: int = 1       # >1: a narrower student (feature widths / width_divisor)
 
@@ -38,15 +39,28 @@ class DistillTrainerBase(nnUNetTrainer):
         self.teacher = None
         self.teacher_checkpoint = None
 
+    @classmethod
+    def network_options(cls) -> dict:
+        # the student is nnU-Net's network of the (narrowed) plans; recorded for reading
+        return dict(super().network_options(), width_divisor=cls.width_divisor)
+
+    def record_fields(self) -> dict:
+        _, checkpoint = resolve_teacher(os.environ.get(TEACHER_ENV_VAR))
+        return dict(super().record_fields(), distillation={"teacher_checkpoint": checkpoint,
+                                                           "lambda": self.distill_lambda})
+
+    def check_resumed_record(self, record) -> None:
+        super().check_resumed_record(record)
+        if record.distillation is None:
+            raise TeacherError("The checkpoint's record names no teacher.")
+
     def initialize(self):
         if not self.was_initialized:
-            path = os.environ.get(TEACHER_ENV_VAR) or read_teacher_record(self.output_folder_base)
-            if not path:
-                raise TeacherError(f"No teacher: set {TEACHER_ENV_VAR} to a trained SAMAdapter3DTrainer fold folder "
-                                   f"(…/SAMAdapter3DTrainer__nnUNetPlansSAM3D__3d_fullres/fold_0) or a checkpoint "
-                                   f"file inside one.")
+            if PLANS_KEY not in self.plans_manager.plans:  # fresh training (--c adopted the checkpoint's record)
+                put_record(self.plans_manager.plans, self.fresh_record())
+            path = self.record.distillation["teacher_checkpoint"]
             # before nnU-Net builds the student: a wrong teacher fails in seconds, not after unpacking data
-            self.teacher, self.teacher_checkpoint = load_teacher(path, self.plans_manager.plans, self.configuration_name,
+            self.teacher, self.teacher_checkpoint = load_teacher(path, self.plans_manager, self.configuration_manager,
                                                                  self.dataset_json, self.device)
         super().initialize()
 
@@ -56,8 +70,6 @@ class DistillTrainerBase(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
-        if self.local_rank == 0:
-            write_teacher_record(self.output_folder_base, self.teacher_checkpoint, self.distill_lambda)
         self.print_to_log_file(f"distilling from {self.teacher_checkpoint} with λ = {self.distill_lambda}")
 
     def train_step(self, batch: dict) -> dict:

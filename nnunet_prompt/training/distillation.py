@@ -5,15 +5,13 @@ L_tot = λ·L_seg + (1 − λ)·MSE(student probabilities, teacher probabilities
 (softmax, or sigmoid for region-based labels: the label manager's inference non-linearity) on the voxels
 that are not nnU-Net's ignore label.
 
-The teacher is any fold that nnU-Net trained (in practice a SAMAdapter3DTrainer fold): its network is rebuilt
-the way nnU-Net's predictor rebuilds it (trainer class looked up by name, ``build_network_architecture`` on the
-fold's own plans.json), then frozen. It is kept outside the student's module tree, so it is in none of the
+The teacher is any fold that nnU-Net trained (in practice a SAMAdapter3DTrainer fold): nnU-Net's own predictor
+initialisation (``nnUNetPredictor.initialize_from_trained_model_folder``) rebuilds and loads it from the fold's
+plans.json and checkpoint, then it is frozen. It is kept outside the student's module tree, so it is in none of the
 student's checkpoints and the student stays a plain nnU-Net network.
 """
 from __future__ import annotations
 
-import inspect
-import json
 import os
 from typing import Callable, Optional, Tuple
 
@@ -21,7 +19,6 @@ import torch
 from torch import nn
 
 TEACHER_ENV_VAR = "NNUNET_PROMPT_DISTILL_TEACHER"
-TEACHER_RECORD = "distill_teacher.json"  # beside the student's plans.json: which teacher trained it (for --c)
 _CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 
 
@@ -82,30 +79,20 @@ def resolve_teacher(path: str) -> Tuple[str, str]:
     return model_folder, checkpoint
 
 
-def _load_json(path: str) -> dict:
-    with open(path, "r", encoding="utf-8") as f:
-        return json.load(f)
-
-
-def check_compatible(teacher_plans: dict, teacher_config: str, teacher_dataset: dict, student_plans: dict,
-                     student_config: str, student_dataset: dict, where: str) -> None:
-    """The teacher sees the student's batches: same dataset, labels, channels, spacing, normalisation, patch."""
+def check_compatible(teacher_pm, teacher_cm, teacher_dataset: dict, student_pm, student_cm, student_dataset: dict,
+                     where: str) -> None:
+    """The teacher sees the student's batches: same dataset, labels, channels, spacing, normalisation, patch.
+    *_pm / *_cm: nnU-Net's PlansManager / ConfigurationManager of each."""
     problems = []
-    if teacher_plans.get("dataset_name") != student_plans.get("dataset_name"):
-        problems.append(f"dataset {teacher_plans.get('dataset_name')} vs {student_plans.get('dataset_name')}")
+    if teacher_pm.dataset_name != student_pm.dataset_name:
+        problems.append(f"dataset {teacher_pm.dataset_name} vs {student_pm.dataset_name}")
     for key in ("labels", "channel_names"):
         if teacher_dataset.get(key) != student_dataset.get(key):
             problems.append(f"dataset.json '{key}' {teacher_dataset.get(key)} vs {student_dataset.get(key)}")
-    if teacher_plans.get("transpose_forward") != student_plans.get("transpose_forward"):
+    if list(teacher_pm.transpose_forward) != list(student_pm.transpose_forward):
         problems.append("transpose_forward differs")
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    try:
-        tc = PlansManager(teacher_plans).get_configuration(teacher_config)
-    except Exception as e:  # noqa: BLE001
-        raise TeacherError(f"teacher {where}: its plans have no usable configuration {teacher_config!r} ({e})") from e
-    sc = PlansManager(student_plans).get_configuration(student_config)
     for attr in ("spacing", "patch_size", "normalization_schemes", "use_mask_for_norm"):
-        a, b = list(getattr(tc, attr)), list(getattr(sc, attr))
+        a, b = list(getattr(teacher_cm, attr)), list(getattr(student_cm, attr))
         if a != b:
             problems.append(f"{attr} {a} vs {b}")
     if problems:
@@ -114,33 +101,23 @@ def check_compatible(teacher_plans: dict, teacher_config: str, teacher_dataset: 
                            f"(e.g. both with -p nnUNetPlansSAM3D), or point {TEACHER_ENV_VAR} at such a fold.")
 
 
-def load_teacher(path: str, student_plans: dict, student_config: str, student_dataset: dict,
+def load_teacher(path: str, student_pm, student_cm, student_dataset: dict,
                  device: torch.device) -> Tuple[nn.Module, str]:
-    """The frozen teacher network (eval mode, no gradients) and its checkpoint path."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    """The frozen teacher network (eval mode, no gradients) and its checkpoint path, rebuilt and loaded by
+    nnU-Net's own predictor initialisation."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from nnunet_prompt.nnunet_env import ensure_trainer_path_registered
 
     model_folder, checkpoint_file = resolve_teacher(path)
-    plans = _load_json(os.path.join(model_folder, "plans.json"))
-    dataset = _load_json(os.path.join(model_folder, "dataset.json"))
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    config = checkpoint["init_args"]["configuration"]
-    check_compatible(plans, config, dataset, student_plans, student_config, student_dataset, repr(checkpoint_file))
-    ensure_trainer_path_registered()
-    trainer_class = recursive_find_trainer_class_by_name(checkpoint["trainer_name"])
-    pm = PlansManager(plans)
-    cm = pm.get_configuration(config)
-    lm = pm.get_label_manager(dataset)
-    args = (cm, determine_num_input_channels(pm, cm, dataset), lm.num_segmentation_heads)
-    if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
-        network = trainer_class.build_network_architecture(pm, *args, enable_deep_supervision=False)
-    else:  # nnU-Net's older signature
-        network = trainer_class.build_network_architecture(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                                           cm.network_arch_init_kwargs_req_import, *args[1:], False)
-    network.load_state_dict(checkpoint["network_weights"])
+    fold = os.path.basename(os.path.dirname(checkpoint_file))[len("fold_"):]
+    ensure_trainer_path_registered()  # the teacher's trainer is one of ours
+    predictor = nnUNetPredictor(use_mirroring=False, device=device, verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, (fold if fold == "all" else int(fold),),
+                                                   os.path.basename(checkpoint_file))
+    check_compatible(predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json, student_pm,
+                     student_cm, student_dataset, repr(checkpoint_file))
+    network = predictor.network  # weights of that fold already loaded
     network.eval().requires_grad_(False)
     return network.to(device), checkpoint_file
 
@@ -165,13 +142,3 @@ def narrowed_plans(plans: dict, configuration: str, divisor: int) -> dict:
     kwargs["features_per_stage"] = [max(1, int(f) // divisor) for f in kwargs["features_per_stage"]]
     plans["configurations"][configuration]["architecture"] = arch
     return plans
-
-
-def write_teacher_record(folder: str, checkpoint_file: str, lam: float) -> None:
-    from nnunet_prompt.io_utils import atomic_write_json
-    atomic_write_json({"teacher_checkpoint": checkpoint_file, "lambda": lam}, os.path.join(folder, TEACHER_RECORD))
-
-
-def read_teacher_record(folder: str) -> Optional[str]:
-    path = os.path.join(folder, TEACHER_RECORD)
-    return _load_json(path).get("teacher_checkpoint") if os.path.isfile(path) else None

@@ -20,9 +20,8 @@ clicks only) in training, so one model accepts either.
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
-import numpy as np
 import torch
 from torch import autocast
 
@@ -31,36 +30,15 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_prompt.interaction.simulation import InteractionSimulator, SimulationPolicy
+from nnunet_prompt.model_record import ModelRecordError, record_from_plans
+from nnunet_prompt.networks.contract import NUM_OUTPUTS, append_empty_prompts_hook
 from nnunet_prompt.prompts.encoding import PromptEncoding
+from nnunet_prompt.prompts.geometry import median_volume_spacing
 from nnunet_prompt.prompts.model import foreground_labels
+from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
 
-NUM_OUTPUTS = 2  # background, prompted object
-# set on networks built by prompt trainers: image + prompt input channels, checked at inference
-IN_CHANNELS_ATTR = "_nnunet_prompt_in_channels"
-
-
-def _append_empty_prompts_hook(num_prompt_channels: int):
-    """Forward pre-hook: a network that receives only image channels (plain ``nnUNetv2_predict``) gets
-    empty prompt channels instead of crashing, with a warning that no prompt was given."""
-    state = {"warned": False}
-
-    def hook(module, args):
-        x = args[0]
-        expected = module.__dict__.get(IN_CHANNELS_ATTR)
-        if expected is not None and x.shape[1] == expected - num_prompt_channels:
-            if not state["warned"]:
-                print("nnunet-prompt WARNING: this prompt model received no prompt channels (was it called by plain "
-                      "nnUNetv2_predict?). It runs with empty prompts and will segment (almost) nothing. "
-                      "Use `nnunet-prompt predict --prompts prompts.json` to give prompts.")
-                state["warned"] = True
-            pad = torch.zeros((x.shape[0], num_prompt_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
-            return (torch.cat([x, pad], 1), *args[1:])
-        return None
-
-    return hook
-
-
-class PromptTrainerBase(nnUNetTrainer):
+class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
+    # the prompt channel layout of a fresh training (recorded in the plans; a model is rebuilt with its recorded one)
     prompt_encoding: PromptEncoding = PromptEncoding()
     simulation_policy: SimulationPolicy = SimulationPolicy()
     # initial prompt the final validation simulates for each label of each validation case
@@ -83,39 +61,50 @@ class PromptTrainerBase(nnUNetTrainer):
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
         # num_output_channels (the dataset's classes) is replaced by NUM_OUTPUTS: one prompt, one object
-        in_channels = num_input_channels + cls.prompt_encoding.num_channels
-        network = cls.build_prompt_network(configuration_manager, num_input_channels, enable_deep_supervision)
-        network.__dict__[IN_CHANNELS_ATTR] = in_channels
-        network.register_forward_pre_hook(_append_empty_prompts_hook(cls.prompt_encoding.num_channels))
+        record = record_from_plans(plans_manager.plans)
+        num_prompt_channels = PromptEncoding.from_dict(record.prompt_encoding).num_channels
+        network = cls.build_prompt_network(plans_manager, configuration_manager, num_input_channels,
+                                           num_prompt_channels, record.network, enable_deep_supervision)
+        network.register_forward_pre_hook(append_empty_prompts_hook(num_input_channels, num_prompt_channels))
         return network
 
     @classmethod
-    def build_prompt_network(cls, configuration_manager, num_image_channels: int,
+    def build_prompt_network(cls, plans_manager, configuration_manager, num_image_channels: int,
+                             num_prompt_channels: int, options: dict,
                              enable_deep_supervision: bool = True) -> torch.nn.Module:
         """The network proper: input = image channels followed by the prompt channels, NUM_OUTPUTS outputs.
         Here nnU-Net's planned U-Net with the prompts as extra input channels; trainers that feed prompts
-        elsewhere (PSAPTrainer) override this and keep the input layout, so inference works unchanged."""
+        elsewhere (PSAPTrainer, SAM) override this and keep the input layout, so inference works unchanged.
+        ``options``: the recorded ``network_options()``."""
         return get_network_from_plans(
             configuration_manager.network_arch_class_name,
             configuration_manager.network_arch_init_kwargs,
             configuration_manager.network_arch_init_kwargs_req_import,
-            num_image_channels + cls.prompt_encoding.num_channels, NUM_OUTPUTS, allow_init=True,
+            num_image_channels + num_prompt_channels, NUM_OUTPUTS, allow_init=True,
             deep_supervision=enable_deep_supervision)
+
+    def record_fields(self) -> dict:
+        return dict(super().record_fields(), prompt_encoding=self.prompt_encoding.to_dict())
+
+    def check_resumed_record(self, record) -> None:
+        super().check_resumed_record(record)
+        stored = PromptEncoding.from_dict(record.prompt_encoding)
+        if stored != self.prompt_encoding:
+            raise ModelRecordError(f"{type(self).__name__} cannot resume a model trained with prompt encoding "
+                                   f"{stored.to_dict()}: this code encodes {self.prompt_encoding.to_dict()}.")
 
     # ---------------------------------------------------------------- prompts
     @property
     def simulator(self) -> InteractionSimulator:
         if self._simulator is None:
-            self._simulator = InteractionSimulator(self.prompt_encoding, self.configuration_manager.spacing,
+            self._simulator = InteractionSimulator(self.prompt_encoding, self.simulation_spacing(),
                                                    self.simulation_policy, seed=self.simulation_seed + self.fold,
                                                    device=self.device)
         return self._simulator
 
-    def on_train_start(self):
-        super().on_train_start()
-        if self.local_rank == 0:
-            # stored with the trained model, beside plans.json: inference refuses another layout
-            self.prompt_encoding.save(self.output_folder_base)
+    def simulation_spacing(self):
+        """Spacing of the volumes the simulated user sees (patches; 3D also for 2d configurations)."""
+        return median_volume_spacing(self.plans_manager, self.configuration_manager)
 
     def select_targets(self, target: List[torch.Tensor]) -> List[torch.Tensor]:
         """Pick one label per sample (uniformly among the labels present in the patch) and turn every

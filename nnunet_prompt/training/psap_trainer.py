@@ -17,10 +17,11 @@ import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_prompt.interaction.simulation import SimulationPolicy
+from nnunet_prompt.networks.contract import NUM_OUTPUTS, unwrap
 from nnunet_prompt.networks.cross_patch_prompt import CrossPatchPromptNet
 from nnunet_prompt.networks.psap import PSAPUNet
 from nnunet_prompt.training.cross_patch_training import CrossPatchLoss, CrossPatchStep, sample_pairs
-from nnunet_prompt.training.prompt_trainer import NUM_OUTPUTS, PromptTrainerBase
+from nnunet_prompt.training.prompt_trainer import PromptTrainerBase
 
 
 class PSAPTrainerBase(PromptTrainerBase):
@@ -41,33 +42,36 @@ class PSAPTrainerBase(PromptTrainerBase):
         self._pair_generator = torch.Generator().manual_seed(self.simulation_seed + 7919 * (self.fold if isinstance(self.fold, int) else 0))
 
     @classmethod
-    def build_prompt_network(cls, configuration_manager, num_image_channels: int,
+    def network_options(cls) -> dict:
+        return dict(super().network_options(), psap_hidden_channels=cls.psap_hidden_channels,
+                    psap_residual_gamma=cls.psap_residual_gamma, cross_patch_prompt=cls.cross_patch_prompt,
+                    cross_patch_features=list(cls.cross_patch_features))
+
+    @classmethod
+    def build_prompt_network(cls, plans_manager, configuration_manager, num_image_channels: int,
+                             num_prompt_channels: int, options: dict,
                              enable_deep_supervision: bool = True) -> torch.nn.Module:
         unet = get_network_from_plans(
             configuration_manager.network_arch_class_name,
             configuration_manager.network_arch_init_kwargs,
             configuration_manager.network_arch_init_kwargs_req_import,
             num_image_channels, NUM_OUTPUTS, allow_init=True, deep_supervision=enable_deep_supervision)
-        cpp = (CrossPatchPromptNet(num_image_channels, cls.cross_patch_features, unet.encoder.conv_op)
-               if cls.cross_patch_prompt else None)
-        return PSAPUNet(unet, cls.prompt_encoding.num_channels, hidden_channels=cls.psap_hidden_channels,
-                        residual_gamma=cls.psap_residual_gamma, cross_patch=cpp)
+        cpp = (CrossPatchPromptNet(num_image_channels, tuple(options["cross_patch_features"]), unet.encoder.conv_op)
+               if options["cross_patch_prompt"] else None)
+        return PSAPUNet(unet, num_prompt_channels, hidden_channels=options["psap_hidden_channels"],
+                        residual_gamma=options["psap_residual_gamma"], cross_patch=cpp)
 
     # ------------------------------------------------------------- cross-patch prompt
     def _build_loss(self):
         loss = super()._build_loss()
         return CrossPatchLoss(loss) if self.cross_patch_prompt else loss
 
-    def _network_module(self) -> PSAPUNet:
-        net = self.network.module if self.is_ddp else self.network
-        return getattr(net, "_orig_mod", net)  # torch.compile wraps the module
-
     def train_step(self, batch: dict) -> dict:
         if not self.cross_patch_prompt:
             return super().train_step(batch)
         image = batch['data'].to(self.device, non_blocking=True)  # image channels: prompts are appended later
         pairs, crop = sample_pairs(image.shape[0], image.shape[2:], self._pair_generator)
-        self.loss.step = CrossPatchStep(self._network_module().cross_patch, image, pairs, crop,
+        self.loss.step = CrossPatchStep(unwrap(self.network).cross_patch, image, pairs, crop,
                                         self.configuration_manager.spacing, self.cross_patch_sigma_mm,
                                         self.cross_patch_weight)
         try:

@@ -3,13 +3,15 @@
 nnU-Net keeps data loading, augmentation, the loss, the loop and checkpoint files. ``SAMTrainerMixin`` changes:
 
 * the network (``nnunet_prompt.sam.network``), built from the SAM base that ``NNUNET_PROMPT_SAM_CHECKPOINT``
-  names (stored as ``sam_model.json`` beside plans.json; ``--c`` and inference find it there), for the
-  square 2D patch of a ``SAM2DPlanner`` configuration;
+  names (recorded in the plans record's ``sam`` field; ``--c`` and inference find it there), for the
+  square 2D patch of a ``SAM2DPlanner`` configuration; the LoRA / GaRPA / ProViCMA options are the record's
+  ``network`` field;
 * no deep supervision (one full-resolution output): nnU-Net's loss is built without its wrapper and the
   dataloader gives one target;
 * AdamW on the trainable parameters only (SAM-RT: lr 5e-3, betas 0.9/0.999, weight decay 0.1; nnU-Net's
   poly decay per epoch instead of SAM-RT's 250-iteration warm-up);
-* checkpoints hold only the trainable weights (the network's ``state_dict``) plus the SAM model info;
+* checkpoints hold only the trainable weights (the network's ``state_dict``); nnU-Net's plans in them (``init_args``)
+  hold the record with the SAM base reference;
 * SeqLoRA stage 2 (``seqlora`` in the options): when training starts fresh, the stage-1 model named by
   ``NNUNET_PROMPT_SEQLORA_FROM`` (its checkpoint file, trained on another dataset with other labels) hands
   over its LoRA weights (then frozen) and every other weight whose name and shape match (decoder layers but
@@ -24,27 +26,23 @@ On 2D patches the simulated user works slice by slice: one box (0-20 mm margin) 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from typing import Optional
 
-import numpy as np
 import torch
-from torch.optim import AdamW
 
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_prompt.interaction.simulation import InteractionSimulator
+from nnunet_prompt.model_record import record_from_plans
+from nnunet_prompt.networks.contract import NUM_OUTPUTS, unwrap
 from nnunet_prompt.sam.checkpoint import SAMCheckpointError
-from nnunet_prompt.sam.model_info import SAMModelInfo, active_info, using
+from nnunet_prompt.sam.model_info import SAMModelInfo
 from nnunet_prompt.sam.network import SAMNetworkOptions, SAMSegmentationNet, build_sam_network
-from nnunet_prompt.training.prompt_trainer import (IN_CHANNELS_ATTR, NUM_OUTPUTS, PromptTrainerBase,
-                                                   _append_empty_prompts_hook)
-from nnunet_prompt.training.schedules import DemoSchedule
+from nnunet_prompt.training.prompt_trainer import PromptTrainerBase
+from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
+from nnunet_prompt.training.schedules import DemoSchedule, trainable_adamw_poly
 
 SEQLORA_ENV_VAR = "NNUNET_PROMPT_SEQLORA_FROM"
-# the SAM model info inside plans.json, which nnU-Net copies beside the trained model and hands to
-# build_network_architecture at prediction: plain nnUNetv2_predict then finds the base file without the variable
-PLANS_KEY = "nnunet_prompt_sam_lora"
 
 
 def check_sam_patch(configuration_manager) -> int:
@@ -57,7 +55,7 @@ def check_sam_patch(configuration_manager) -> int:
     return int(patch[0])
 
 
-class SAMTrainerMixin:
+class SAMTrainerMixin(RecordedTrainerMixin):
     sam_options: SAMNetworkOptions = SAMNetworkOptions()
     sam_random_init: bool = False  # *_randomInit variants: no checkpoint file, random frozen encoder (experiments)
     sam_initial_lr: float = 5e-3
@@ -69,71 +67,50 @@ class SAMTrainerMixin:
         self.enable_deep_supervision = False
         self.initial_lr = self.sam_initial_lr
         self.weight_decay = self.sam_weight_decay
-        self.sam_info: Optional[SAMModelInfo] = None
 
     # ------------------------------------------------------------------ network
     @classmethod
     def _build_sam(cls, plans_manager, configuration_manager, num_image_channels: int, num_outputs: int,
                    num_prompt_channels: int) -> SAMSegmentationNet:
         size = check_sam_patch(configuration_manager)
-        stored = plans_manager.plans.get(PLANS_KEY)
-        info = active_info(cls.sam_random_init) if stored is None else SAMModelInfo.from_dict(stored).relocated()
+        record = record_from_plans(plans_manager.plans)
+        info = SAMModelInfo.from_dict(record.sam).relocated()
+        options = SAMNetworkOptions(**{k: record.network[k] for k in SAMNetworkOptions.__dataclass_fields__})
         return build_sam_network(info, size, num_outputs,
                                  configuration_manager.normalization_schemes,
                                  plans_manager.foreground_intensity_properties_per_channel,
-                                 num_prompt_channels, cls.sam_options)
+                                 num_prompt_channels, options)
 
-    def network_module(self) -> SAMSegmentationNet:
-        mod = self.network.module if self.is_ddp else self.network
-        return getattr(mod, "_orig_mod", mod)
+    @classmethod
+    def network_options(cls) -> dict:
+        return dict(super().network_options(), **asdict(cls.sam_options))
+
+    def record_fields(self) -> dict:
+        return dict(super().record_fields(), sam=SAMModelInfo.from_environment(self.sam_random_init).to_dict())
+
+    @property
+    def sam_info(self) -> SAMModelInfo:
+        return SAMModelInfo.from_dict(self.record.sam)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # the SAM network has one output
 
-    def resolve_sam_info(self) -> SAMModelInfo:
-        stored = SAMModelInfo.load(self.output_folder_base)  # a model that already trained (--c, validation)
-        if stored is not None:
-            return stored.relocated()
-        return SAMModelInfo.from_environment(self.sam_random_init)
-
     def initialize(self):
-        if not self.was_initialized:
-            self.sam_info = self.resolve_sam_info()
-            check_sam_patch(self.configuration_manager)
-            self.plans_manager.plans[PLANS_KEY] = self.sam_info.to_dict()
-        with using(self.sam_info):
-            super().initialize()
+        check_sam_patch(self.configuration_manager)  # before the record asks for a SAM file
+        super().initialize()
 
     def configure_optimizers(self):
-        params = [p for p in self.network.parameters() if p.requires_grad]
-        optimizer = AdamW(params, lr=self.initial_lr, betas=(0.9, 0.999), weight_decay=self.weight_decay)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return trainable_adamw_poly(self, betas=(0.9, 0.999))
 
     # ------------------------------------------------------------- bookkeeping
     def on_train_start(self):
         super().on_train_start()
-        if self.local_rank == 0:
-            self.sam_info.save(self.output_folder_base)
         n_train = sum(p.numel() for p in self.network.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.network.parameters())
         self.print_to_log_file(f"SAM network: {n_train} trainable of {n_all} parameters; base "
                                f"{self.sam_info.base.path if self.sam_info.base else 'random initialisation'}")
         if self.sam_options.seqlora and self.current_epoch == 0:
             self.hand_over_stage1()
-
-    def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
-        if self.local_rank == 0 and not self.disable_checkpointing and os.path.isfile(filename):
-            # the reference to the base file travels with the weights (small: the frozen encoder is not in them)
-            ckpt = torch.load(filename, map_location="cpu", weights_only=False)
-            ckpt["sam_model"] = self.sam_info.to_dict()
-            tmp = f"{filename}.tmp{os.getpid()}"
-            torch.save(ckpt, tmp)
-            os.replace(tmp, filename)
-
-    def load_checkpoint(self, filename_or_checkpoint):
-        with using(self.sam_info):
-            super().load_checkpoint(filename_or_checkpoint)
 
     # ------------------------------------------------------------------ SeqLoRA
     def hand_over_stage1(self, path: Optional[str] = None) -> dict:
@@ -149,7 +126,7 @@ class SAMTrainerMixin:
         weights = ckpt.get("network_weights")
         if weights is None or not any(".lora_A.stage1." in k for k in weights):
             raise SAMCheckpointError(f"{path!r} is not a SAM LoRA model checkpoint (no stage-1 LoRA weights)")
-        net = self.network_module()
+        net = unwrap(self.network)
         own = net.state_dict()
         fp = weights.get("sam_base_fingerprint")
         if fp is not None and not torch.equal(fp, own["sam_base_fingerprint"].cpu()):
@@ -178,29 +155,13 @@ class SAMLoRATrainerBase(SAMTrainerMixin, nnUNetTrainer):
 
 class SAMPromptTrainerBase(SAMTrainerMixin, PromptTrainerBase):
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
-        # as PromptTrainerBase's, but the SAM network needs the plans (intensity properties)
-        p = cls.prompt_encoding.num_channels
-        network = cls._build_sam(plans_manager, configuration_manager, num_input_channels, NUM_OUTPUTS, p)
-        network.__dict__[IN_CHANNELS_ATTR] = num_input_channels + p
-        network.register_forward_pre_hook(_append_empty_prompts_hook(p))
-        return network
+    def build_prompt_network(cls, plans_manager, configuration_manager, num_image_channels: int,
+                             num_prompt_channels: int, options: dict,
+                             enable_deep_supervision: bool = True) -> torch.nn.Module:
+        return cls._build_sam(plans_manager, configuration_manager, num_image_channels, NUM_OUTPUTS,
+                              num_prompt_channels)
 
     # --------------------------------------------- the simulated user on 2D patches
-    def volume_spacing(self):
-        """3D spacing of the preprocessed data: a 2D configuration's in-plane spacing plus the slice spacing."""
-        spacing = list(self.configuration_manager.spacing)
-        if len(spacing) == 2:
-            spacing = [float(self.plans_manager.plans['original_median_spacing_after_transp'][0])] + spacing
-        return spacing
-
-    @property
-    def simulator(self) -> InteractionSimulator:
-        if self._simulator is None:
-            self._simulator = InteractionSimulator(self.prompt_encoding, self.volume_spacing(), self.simulation_policy,
-                                                   seed=self.simulation_seed + self.fold, device=self.device)
-        return self._simulator
 
     def simulate_prompts(self, data: torch.Tensor, target: torch.Tensor, rounds: int) -> torch.Tensor:
         if data.ndim == 4:  # a 2D patch is a volume one slice thick for the (3D) simulator: boxes per slice
@@ -214,9 +175,5 @@ class SAMPromptTrainerBase(SAMTrainerMixin, PromptTrainerBase):
 
 
 class SAMDemoSchedule(DemoSchedule):
-    """DemoSchedule (NNUNET_PROMPT_DEMO_EPOCHS x NNUNET_PROMPT_DEMO_ITERS, AdamW) on the trainable weights only."""
-
-    def configure_optimizers(self):
-        optimizer = AdamW([p for p in self.network.parameters() if p.requires_grad], lr=self.initial_lr,
-                          weight_decay=self.weight_decay)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+    """DemoSchedule (NNUNET_PROMPT_DEMO_EPOCHS x NNUNET_PROMPT_DEMO_ITERS, AdamW) without amsgrad."""
+    demo_amsgrad = False

@@ -1,10 +1,32 @@
-"""Training schedules shared by prompt trainers and their plain-nnU-Net baselines."""
+"""Training schedules and optimizers shared by prompt trainers and their plain-nnU-Net baselines."""
 import os
 
 import torch
 from torch.optim import AdamW
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+
+def trainable_adamw_poly(trainer, **adamw_kwargs):
+    """AdamW on the network's trainable parameters (frozen SAM / language-model weights are left out) with
+    nnU-Net's poly learning-rate decay over ``trainer.num_epochs``: what ``configure_optimizers`` returns."""
+    params = [p for p in trainer.network.parameters() if p.requires_grad]
+    optimizer = AdamW(params, lr=trainer.initial_lr, weight_decay=trainer.weight_decay, **adamw_kwargs)
+    return optimizer, PolyLRScheduler(optimizer, trainer.initial_lr, trainer.num_epochs)
+
+
+class FixedEpochs:
+    """Mix in front of a trainer to train ``fixed_num_epochs`` epochs (as nnU-Net's nnUNetTrainer_5epochs etc.):
+
+        class PromptTrainer_5epochs(FixedEpochs, PromptTrainer):
+            fixed_num_epochs = 5
+    """
+    fixed_num_epochs: int
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.fixed_num_epochs
 
 
 class DemoSchedule:
@@ -20,6 +42,7 @@ class DemoSchedule:
     (benchmarks/RESULTS.md)."""
 
     initial_lr_demo = 1e-3
+    demo_amsgrad = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -30,16 +53,4 @@ class DemoSchedule:
         self.initial_lr = self.initial_lr_demo
 
     def configure_optimizers(self):
-        optimizer = AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay, amsgrad=True)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
-
-
-def epochs(trainer_class, num_epochs: int, name: str):
-    """A variant of ``trainer_class`` that trains ``num_epochs`` epochs, named in nnU-Net's style."""
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        trainer_class.__init__(self, plans, configuration, fold, dataset_json, device)
-        self.num_epochs = num_epochs
-
-    return type(name, (trainer_class,), {"__init__": __init__, "__module__": trainer_class.__module__,
-                                         "__doc__": f"{trainer_class.__name__} for {num_epochs} epochs."})
+        return trainable_adamw_poly(self, amsgrad=self.demo_amsgrad)

@@ -4,8 +4,11 @@ nnU-Net keeps planning, data loading, the loss, the training loop and checkpoint
 
 * the network: ``TextConditionedUNet`` around the planned U-Net, with the context encoder that
   ``clinical_context`` describes (a frozen language model with text prompt tuning by default);
-* ``train_step``/``validation_step`` hand the network each sample's clinical entry, looked up by the
+* ``train_step``/``validation_step`` condition the network on each sample's clinical entry, looked up by the
   batch's case keys in the raw dataset's clinical-text sidecar (``nnunet_prompt.clinical_text``);
+* the context encoder is described in the plans record (``clinical_context``), from which
+  ``build_network_architecture`` rebuilds it: fresh trainings take ``clinical_context`` and the language model
+  named by ``NNUNET_PROMPT_TEXT_MODEL`` (default MiniLM-L6), ``--c`` and prediction the recorded one;
 * augmentation keeps left and right (``SideKeepingAugmentation``: laterality is in the text);
 * the final validation predicts each validation case with its own text.
 
@@ -15,17 +18,19 @@ when the text says N1), so plain nnU-Net evaluation applies.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
-import numpy as np
 import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_prompt.clinical_text import SIDECAR_FILENAME, read_sidecar
-from nnunet_prompt.text.config import CONFIG_FILENAME, ClinicalContextConfig, active_config
+from nnunet_prompt.model_record import PLANS_KEY, ModelRecordError, record_from_plans
+from nnunet_prompt.networks.contract import unwrap
+from nnunet_prompt.text.config import ClinicalContextConfig
 from nnunet_prompt.text.text_unet import TextConditionedUNet
+from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
 from nnunet_prompt.training.side_keeping_augmentation import SideKeepingAugmentation
 
 EMPTY_ENTRY = {"text": "", "fields": {}}
@@ -35,7 +40,7 @@ class ClinicalTextError(ValueError):
     """A case's clinical text is missing or unusable. The message names the case, the file and the fix."""
 
 
-class TextPromptTrainerBase(SideKeepingAugmentation, nnUNetTrainer):
+class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNetTrainer):
     clinical_context: ClinicalContextConfig = ClinicalContextConfig()
     # opt-in: cases without an entry in the sidecar get empty text / no fields instead of an error
     allow_missing_text: bool = False
@@ -50,20 +55,29 @@ class TextPromptTrainerBase(SideKeepingAugmentation, nnUNetTrainer):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
-        config = active_config(cls.clinical_context)
+        config = ClinicalContextConfig.from_dict(record_from_plans(plans_manager.plans).clinical_context).relocated()
         unet = get_network_from_plans(
             configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
             configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
             allow_init=True, deep_supervision=enable_deep_supervision)
         return TextConditionedUNet(unet, config.build_encoder(), config.entry_key)
 
+    def record_fields(self) -> dict:
+        context = self.clinical_context.with_text_model_from_environment()
+        return dict(super().record_fields(), clinical_context=context.to_dict())
+
+    def check_resumed_record(self, record) -> None:
+        super().check_resumed_record(record)
+        stored = ClinicalContextConfig.from_dict(record.clinical_context)
+        if (stored.kind, stored.num_groups, stored.vectors_per_group) != (
+                self.clinical_context.kind, self.clinical_context.num_groups, self.clinical_context.vectors_per_group):
+            raise ModelRecordError(f"{type(self).__name__} cannot resume a model trained with clinical context {stored}.")
+
     @property
     def context_config(self) -> ClinicalContextConfig:
-        return active_config(self.clinical_context)
-
-    def _network_module(self) -> TextConditionedUNet:
-        mod = self.network.module if self.is_ddp else self.network
-        return getattr(mod, "_orig_mod", mod)  # torch.compile wraps the module
+        """The recorded context encoder (the class's before the record is written, e.g. for early text checks)."""
+        stored = self.plans_manager.plans.get(PLANS_KEY)
+        return self.clinical_context if stored is None else ClinicalContextConfig.from_dict(stored["clinical_context"])
 
     # ---------------------------------------------------------- clinical text
     def clinical_entries(self) -> Dict[str, dict]:
@@ -102,23 +116,22 @@ class TextPromptTrainerBase(SideKeepingAugmentation, nnUNetTrainer):
         for k in list(tr_keys) + list(val_keys):
             self.entry(k)
         super().on_train_start()
-        encoder = self._network_module().context_encoder
+        encoder = unwrap(self.network).context_encoder
         standardize = getattr(encoder, "standardize", None)
         if standardize is not None and int(standardize.num_updates) == 0:  # not when resuming with --c
             encoder.calibrate(sorted({self.entry(k)["text"] for k in tr_keys}))
-        if self.local_rank == 0:
-            self.context_config.save(self.output_folder_base)  # inference rebuilds this same encoder
 
-    def _with_clinical(self, batch: dict) -> dict:
-        self._network_module().set_clinical([self.entry(k) for k in batch['keys']])
-        return batch
+    def conditioned_on_batch(self, batch: dict):
+        return unwrap(self.network).conditioned_on([self.entry(k) for k in batch['keys']])
 
     # -------------------------------------------------------------- nnU-Net hooks
     def train_step(self, batch: dict) -> dict:
-        return super().train_step(self._with_clinical(batch))
+        with self.conditioned_on_batch(batch):
+            return super().train_step(batch)
 
     def validation_step(self, batch: dict) -> dict:
-        return super().validation_step(self._with_clinical(batch))
+        with self.conditioned_on_batch(batch):
+            return super().validation_step(batch)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -134,8 +147,8 @@ class TextPromptTrainerBase(SideKeepingAugmentation, nnUNetTrainer):
 
         def predict_case(k, data, seg):
             e = self.entry(k)
-            self._network_module().set_clinical([e])
-            return predictor.predict_sliding_window_return_logits(data), {key: e.get(key)}
+            with unwrap(self.network).conditioned_on([e]):
+                return predictor.predict_sliding_window_return_logits(data), {key: e.get(key)}
 
         try:
             validate_cases(self, predict_case, "clinical_text", save_probabilities)
