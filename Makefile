@@ -3,7 +3,7 @@
 #   make test   -> virtual environment + the test suite
 VENV ?= .venv
 PYTHON ?= python3
-# torch/torchvision pinned deliberately: see README "Installation". timm (needed by
+# torch/torchvision pinned deliberately: see docs/getting_started.md "Installation". timm (needed by
 # dynamic-network-architectures) needs a torchvision that matches torch; this pair lies on the
 # machines' local disk and installs offline-fast. It is a CUDA build and also runs on CPU.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1

@@ -1,6 +1,6 @@
 """Format `segrap2023`: SegRap2023 (nasopharyngeal carcinoma: 45 OARs + GTVp/GTVnd on CT and contrast CT).
 
-Published layout (see docs/conversion.md for the sources): each training case folder
+Published layout (see docs/how_to/conversion.md for the sources): each training case folder
 `SegRap2023_Training_Set_120cases/segrap_XXXX/` holds `image.nii.gz` (CT), `image_contrast.nii.gz` (contrast CT) and
 one binary mask per structure, `<Structure>.nii.gz` (the 45 OARs named as in the challenge's evaluation, e.g.
 BrainStem, Chiasm, Parotid_L, and GTVp, GTVnd). The separate download `SegRap2023_Training_Set_120cases_OneHot_Labels`

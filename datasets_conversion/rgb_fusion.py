@@ -1,4 +1,4 @@
-"""CT/PET/MRI fused into three 0-255 channels for SAM-style 2D models (seed 002, Ren et al.).
+"""CT/PET/MRI fused into three 0-255 channels for SAM-style 2D models (the MedSAM study, Ren et al.).
 
 R: CT, window level 40 / width 400 (soft tissue). G: PET clipped to 0-6 SUV. B: mean of T1 and T2 MR, each
 clipped to its 0 to 99.5 percentile range and rescaled first. Each is rescaled to 0-255; nnU-Net's

@@ -4,7 +4,7 @@ The neck cross-section of ``synthetic_hn`` (body, vertebra, airway, extruded alo
 one left and one right, running along z over most of the volume and bending gently in x and y. Both come
 from the same radius and intensity distributions; one of them, picked at random per case, is the target,
 and only it is labelled. The tube is several patches long when the patch is planned smaller than the
-volume (``benchmarks/psap_ablation.py``), which is the situation of seed 001's cross-patch prompt (CPP):
+volume (``benchmarks/psap_ablation.py``), which is the situation of CT-SAM3D's cross-patch prompt (CPP):
 one click inside one patch has to segment the whole tube, and the image alone cannot tell which tube.
 
 Writes imagesTr/labelsTr, imagesTs/labelsTs and dataset.json (nnU-Net raw format), atomically.

@@ -103,7 +103,7 @@ def _cmd_predict(a) -> None:
         predictor.enable_cross_patch(model_folder, a.cross_patch_threshold, a.max_patches)
     if predictor.clinical_context is None and not a.prompts:
         raise PromptError(f"Model '{model_folder}' takes spatial prompts: give them with --prompts prompts.json "
-                          f"(see docs/prompts.md).")
+                          f"(see docs/reference/prompts.md).")
     if a.clinical_text:
         if predictor.clinical_context is None:
             raise PromptError(f"--clinical-text was given, but model '{model_folder}' takes no clinical text.")
@@ -177,7 +177,7 @@ def _convert_help() -> str:
     for name, layout in LAYOUTS.items():
         text += f"{name}:\n  " + layout.replace("\n", "\n  ") + "\n\n"
     return text + ("Writes $nnUNet_raw/DatasetNNN_NAME atomically (temporary folder, renamed at the end, after nnU-Net's "
-                   "integrity check). An existing target is refused unless --overwrite. See docs/conversion.md.")
+                   "integrity check). An existing target is refused unless --overwrite. See docs/how_to/conversion.md.")
 
 
 def _cmd_upgrade_model(a) -> None:
@@ -193,7 +193,7 @@ def _cmd_upgrade_model(a) -> None:
 
 def _cross_patch_arguments(s, what: str) -> None:
     s.add_argument("--cross-patch", action="store_true",
-                   help=f"seed 001's cross-patch prompt (models trained with PSAPTrainer_CPP only): {what} segments the "
+                   help=f"CT-SAM3D's cross-patch prompt (models trained with PSAPTrainer_CPP only): {what} segments the "
                         "patch around it, then the model's CPP head proposes a click in each of the 26 neighbouring "
                         "patches (half a patch away) that the object reaches; proposals whose heatmap maximum reaches "
                         "--cross-patch-threshold are segmented and merged, repeatedly, so one click can segment an "
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", default=None, help="output JSON (default PRED_FOLDER/metrics.json); a CSV is written beside it")
     s.set_defaults(func=_cmd_evaluate)
 
-    s = sub.add_parser("interactive-eval", help="N-click protocol through the interactive session (seed 001)")
+    s = sub.add_parser("interactive-eval", help="N-click protocol through the interactive session (CT-SAM3D)")
     s.add_argument("-d", required=True, help="dataset id or name")
     s.add_argument("-c", default="3d_fullres")
     s.add_argument("-f", type=int, default=0, help="fold: its validation cases are evaluated")
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/compare_CONFIG)")
     s.set_defaults(func=_cmd_compare)
 
-    s = sub.add_parser("predict", help="predict with prompts (a prompts.json, see docs/prompts.md)")
+    s = sub.add_parser("predict", help="predict with prompts (a prompts.json, see docs/reference/prompts.md)")
     s.add_argument("-i", required=True, help="input folder of images (nnU-Net naming, CASE_0000.nii.gz)")
     s.add_argument("-o", required=True, help="output folder")
     s.add_argument("-d", required=True, help="dataset id or name")
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-tr", default="PromptTrainer")
     s.add_argument("-p", default="nnUNetPlans")
     s.add_argument("-chk", default="checkpoint_final.pth")
-    s.add_argument("--prompts", default=None, help="JSON file: case id -> prompt(s) (see docs/prompts.md); a prompt's "
+    s.add_argument("--prompts", default=None, help="JSON file: case id -> prompt(s) (see docs/reference/prompts.md); a prompt's "
                    "'text' is the clinical text of text-conditioned models")
     s.add_argument("--clinical-text", default=None,
                    help="text-conditioned models: a clinical-text sidecar (clinical_text.json format) with each "
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overlapping structures: the map's priority order wins (default), or nnU-Net region labels")
     s.add_argument("--clinical", default=None, help="CSV: patient id -> laterality, T, N, M, surgery, ... "
                    "(writes the clinical text sidecar)")
-    s.add_argument("--rgb-fusion", action="store_true", help="write CT/PET/MR fused as 3 RGB channels (seed 002, SAM)")
+    s.add_argument("--rgb-fusion", action="store_true", help="write CT/PET/MR fused as 3 RGB channels (the MedSAM study, SAM)")
     s.add_argument("--resample-oblique", action="store_true",
                    help="resample oblique or gantry-tilted DICOM series onto an axis-aligned grid instead of refusing them")
     s.add_argument("--modalities", nargs="+", default=None, help="folder format: image file names per case (default: CT)")

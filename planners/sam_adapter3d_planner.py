@@ -1,6 +1,6 @@
 """Plans for SAMAdapter3DTrainer / DistillTrainer: nnU-Net's default plans with an isotropic 3D patch.
 
-The seed trains on 128³ patches (§4, with batch size 1); a ViT-B with 16-voxel patches then sees an 8 x 8 x 8
+AutoSAM Adapter trains on 128³ patches (§4, with batch size 1); a ViT-B with 16-voxel patches then sees an 8 x 8 x 8
 token grid. This planner keeps nnU-Net's spacing, normalisation and preprocessing (the data identifier is the
 default one, so the preprocessed data of ``nnUNetPlans`` are shared) and replaces the 3D patch by
 ``sam_patch_size``³, re-deriving the U-Net topology nnU-Net would plan for that patch (the DistillTrainer

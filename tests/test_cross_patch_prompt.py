@@ -1,4 +1,4 @@
-"""Cross-patch prompt module (seed 001 CPP): its target, its loss, and that it can learn the task."""
+"""Cross-patch prompt module (CT-SAM3D's CPP): its target, its loss, and that it can learn the task."""
 import torch
 
 from nnunet_prompt.networks.cross_patch_prompt import CrossPatchPromptNet, centroid_heatmap, cross_patch_loss

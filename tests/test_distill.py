@@ -1,4 +1,4 @@
-"""DistillTrainer (seed 003, §3.5, eq. 2): the KD loss, the teacher checks, a training step through nnU-Net's
+"""DistillTrainer (AutoSAM Adapter, §3.5, eq. 2): the KD loss, the teacher checks, a training step through nnU-Net's
 trainer in this process, and `nnUNetv2_train` followed by plain `nnUNetv2_predict` with the student alone."""
 import json
 import os

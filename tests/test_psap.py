@@ -1,4 +1,4 @@
-"""PSAPTrainer (seed 001, CT-SAM3D): clicks and the previous mask modulate nnU-Net's decoder, not its input.
+"""PSAPTrainer (CT-SAM3D): clicks and the previous mask modulate nnU-Net's decoder, not its input.
 
 Unit tests on the network (both U-Net families nnU-Net plans), one training step through nnU-Net's own
 trainer code in this process (gradients of every parameter), and `nnUNetv2_train` end to end: training,
@@ -128,7 +128,7 @@ def test_negative_clicks_and_the_previous_mask_modulate_and_the_box_is_ignored()
         ref = net(_input(clicks=[(4, 8, 8)]))
         assert not torch.allclose(ref, net(_input(clicks=[(4, 8, 8)], negative=[(4, 2, 2)])))
         assert not torch.allclose(ref, net(_input(clicks=[(4, 8, 8)], mask=blob)))
-        # the box channel is not part of M = [P, N, Y] (seed 001 has no box; PSAPTrainer never simulates one)
+        # the box channel is not part of M = [P, N, Y] (CT-SAM3D has no box; PSAPTrainer never simulates one)
         assert torch.equal(ref, net(_input(clicks=[(4, 8, 8)], box=blob)))
 
 

@@ -1,4 +1,4 @@
-"""PSAPTrainer_CPP (seed 001's cross-patch prompt): patch pairs and L_cross inside nnU-Net's training step,
+"""PSAPTrainer_CPP (CT-SAM3D's cross-patch prompt): patch pairs and L_cross inside nnU-Net's training step,
 gradients of every parameter including the CPP head, `nnUNetv2_train --c` resume, and the 26-neighbour
 propagation at inference (session and `nnunet-prompt predict --cross-patch`)."""
 import os

@@ -1,4 +1,4 @@
-"""SAMAdapter3DTrainer (seed 003, AutoSAM Adapter): the 3D-adapted SAM encoder built from a tiny official-format
+"""SAMAdapter3DTrainer (AutoSAM Adapter): the 3D-adapted SAM encoder built from a tiny official-format
 SAM file, the auto prompt generator, the aggregation decoder, what trains and what stays frozen, and the trainer
 through nnU-Net's own code (in this process, and `nnUNetv2_train` with `--c`)."""
 import os

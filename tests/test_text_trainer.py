@@ -42,7 +42,8 @@ def _checkpoint(folder):
 
 def test_training_stores_the_text_model_choice_and_only_trainable_weights(text_trained):
     folder = text_trained["folder"]
-    ctx = json.load(open(os.path.join(folder, "clinical_context.json")))
+    ctx = json.load(open(os.path.join(folder, "plans.json")))["nnunet_prompt"]["clinical_context"]
+    assert not os.path.exists(os.path.join(folder, "clinical_context.json"))
     assert ctx["kind"] == "language_model" and ctx["text_model"]["source"] == os.path.abspath(text_trained["tiny_bert"])
     ckpt = _checkpoint(folder)
     keys = set(ckpt["network_weights"])
@@ -137,7 +138,7 @@ def test_numeric_category_ablation_trains_and_predicts_from_a_sidecar(text_datas
     proc, _, env = _train(text_dataset, "TextPromptTrainer_categories_demo", {})
     assert proc.returncode == 0, proc.stdout[-5000:]
     folder = os.path.join(env["nnUNet_results"], text_dataset["name"], f"TextPromptTrainer_categories_demo__{PLANS}__{CONFIG}")
-    assert json.load(open(os.path.join(folder, "clinical_context.json")))["kind"] == "categories"
+    assert json.load(open(os.path.join(folder, "plans.json")))["nnunet_prompt"]["clinical_context"]["kind"] == "categories"
     sidecar = os.path.join(text_dataset["raw"], "clinical_text.json")
     proc = _predict(text_dataset, tmp_path / "cat", extra=["--clinical-text", sidecar],
                     trainer="TextPromptTrainer_categories_demo")

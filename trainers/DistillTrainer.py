@@ -1,4 +1,4 @@
-"""DistillTrainer: nnU-Net's planned U-Net distilled from a trained SAMAdapter3DTrainer fold (seed 003, §3.5,
+"""DistillTrainer: nnU-Net's planned U-Net distilled from a trained SAMAdapter3DTrainer fold (AutoSAM Adapter, §3.5,
 eq. 2: λ·(Dice + CE) + (1 − λ)·MSE to the teacher's probabilities, λ = 0.5). The teacher is named by
 NNUNET_PROMPT_DISTILL_TEACHER (a fold folder or a checkpoint in one); the student is a plain nnU-Net model
 (`nnUNetv2_predict -tr DistillTrainer`). Logic: nnunet_prompt.training.distill_trainer and .distillation.

@@ -1,5 +1,5 @@
 """PSAPTrainer: clicks and the previous mask modulate the instance norm of every decoder stage of nnU-Net's
-planned U-Net (seed 001, CT-SAM3D, PSAP eq. 2); the image alone enters the encoder.
+planned U-Net (CT-SAM3D, PSAP eq. 2); the image alone enters the encoder.
 Logic: nnunet_prompt.training.psap_trainer and nnunet_prompt.networks.psap.
 
 Short-schedule variants follow nnU-Net's naming (nnUNetTrainer_5epochs etc.).
@@ -35,7 +35,7 @@ class PSAPTrainer_demo(DemoSchedule, PSAPTrainer):
 
 
 class PSAPTrainer_CPP(PSAPTrainer):
-    """PSAPTrainer with seed 001's cross-patch prompt head, trained with L_cross beside nnU-Net's loss; at inference
+    """PSAPTrainer with CT-SAM3D's cross-patch prompt head, trained with L_cross beside nnU-Net's loss; at inference
     `nnunet-prompt predict --cross-patch` and InteractiveSession(cross_patch=True) propagate clicks to neighbouring
     patches with it."""
     cross_patch_prompt = True

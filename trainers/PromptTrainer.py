@@ -1,5 +1,5 @@
-"""PromptTrainer: prompts as extra input channels of nnU-Net's own planned U-Net (seed 002's box
-channel, with seed 001's iterative click training). Logic: nnunet_prompt.training.prompt_trainer.
+"""PromptTrainer: prompts as extra input channels of nnU-Net's own planned U-Net (the MedSAM study's box
+channel, with CT-SAM3D's iterative click training). Logic: nnunet_prompt.training.prompt_trainer.
 
 Short-schedule variants follow nnU-Net's naming (nnUNetTrainer_5epochs etc.).
 """

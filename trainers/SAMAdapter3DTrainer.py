@@ -1,6 +1,6 @@
 """SAMAdapter3DTrainer: SAM's ViT adapted to 3D with spatial adapters, an auto prompt generator and a
-multi-layer aggregation decoder (seed 003, AutoSAM Adapter). Needs NNUNET_PROMPT_SAM_CHECKPOINT (an official
-SAM file, ViT-B in the seed) and 3D plans with an isotropic patch (`nnunet-prompt plan DATASET -pl
+multi-layer aggregation decoder (AutoSAM Adapter). Needs NNUNET_PROMPT_SAM_CHECKPOINT (an official
+SAM file, ViT-B in AutoSAM Adapter) and 3D plans with an isotropic patch (`nnunet-prompt plan DATASET -pl
 SAMAdapter3DPlanner`). Logic: nnunet_prompt.training.sam_adapter3d_trainer, nnunet_prompt.sam.adapter3d,
 nnunet_prompt.networks.auto_sam_adapter.
 
@@ -49,7 +49,7 @@ class SAMAdapter3DTrainer_50epochs(FixedEpochs, SAMAdapter3DTrainer):
     fixed_num_epochs = 50
 
 
-class SAMAdapter3DTrainer_200epochs(FixedEpochs, SAMAdapter3DTrainer):  # the seed's
+class SAMAdapter3DTrainer_200epochs(FixedEpochs, SAMAdapter3DTrainer):  # AutoSAM Adapter's
     fixed_num_epochs = 200
 
 

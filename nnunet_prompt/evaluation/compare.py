@@ -3,7 +3,7 @@
 The cases are the cross-validation predictions nnU-Net's final validation wrote (``fold_X/validation``;
 for prompt trainers they were made with simulated prompts), so every model is judged on the same
 held-out cases of the same split. Metrics come from ``evaluation.metrics``; each trainer is compared
-with the baseline case by case with a two-sided paired Wilcoxon signed-rank test (scipy), as seed 000
+with the baseline case by case with a two-sided paired Wilcoxon signed-rank test (scipy), as SAM-RT
 does. Models trained on different plans, splits or label sets are refused.
 """
 from __future__ import annotations

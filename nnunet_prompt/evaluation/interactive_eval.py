@@ -1,4 +1,4 @@
-"""The N-click protocol (seed 001): Dice and NSD after N interactions, measured through the interactive
+"""The N-click protocol (CT-SAM3D): Dice and NSD after N interactions, measured through the interactive
 session, so it measures what a user gets.
 
 For every held-out case and every target label in its reference:

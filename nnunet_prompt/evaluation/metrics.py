@@ -2,7 +2,7 @@
 
 Overlap metrics are computed from voxel counts exactly as nnU-Net's ``compute_metrics`` does, so Dice
 and IoU equal ``nnUNetv2_evaluate_folder`` on the same files. Surface metrics come from MONAI
-(``monai.metrics``, the implementation seed 000 used), called with the image spacing:
+(``monai.metrics``, the implementation SAM-RT used), called with the image spacing:
 
 * surface: the mask's boundary voxels (the mask minus its binary erosion), MONAI's default;
 * HD95: ``max(P95(d(pred->ref)), P95(d(ref->pred)))``, the larger of the two *directed* 95th

@@ -1,4 +1,4 @@
-"""Cross-patch propagation at inference (seed 001, CT-SAM3D, Fig. 2D): one click segments an object larger
+"""Cross-patch propagation at inference (CT-SAM3D, Fig. 2D): one click segments an object larger
 than a patch.
 
 From a segmented patch U, the model's cross-patch prompt head (``CrossPatchPromptNet``, trained by
@@ -15,7 +15,7 @@ Choices, with reasons:
 * ``require_contact`` (default on): a neighbour is only considered if U's object touches U's side(s)
   facing it. An object that stays inside U on that side has nothing new in V (what lies in V's overlap
   with U is segmented already); this saves the CPP pass and keeps a weakly trained head from seeding
-  patches far from the object. Not in the seed.
+  patches far from the object. Not in CT-SAM3D.
 * Merging: a proposed patch can only add to the result (the voxel-wise maximum of the object logits),
   because its click is positive: it must not erase what the clicked patch found in the overlap.
 """

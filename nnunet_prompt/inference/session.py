@@ -13,7 +13,7 @@
   border, the region grows by half a patch on that side and is predicted again (``max_growth`` times at
   most). The region's result replaces the previous result there; the rest of the volume is kept.
 * One session segments one object; the previous result is fed back as the mask prompt.
-* ``cross_patch=True`` (models trained with PSAPTrainer_CPP, seed 001's cross-patch prompt): a positive click
+* ``cross_patch=True`` (models trained with PSAPTrainer_CPP, CT-SAM3D's cross-patch prompt): a positive click
   segments the patch around it (no growth), then the model's CPP head proposes clicks for the neighbouring
   patches and those are segmented and merged, until no new patch is proposed or ``max_patches`` are done
   (``nnunet_prompt.inference.cross_patch``). ``proposed_points`` lists the clicks it made; undo removes them.
@@ -133,8 +133,7 @@ class InteractiveSession:
             raise ValueError("This model was trained on structured clinical fields (numeric-category ablation), "
                              "not on text; predict it with `nnunet-prompt predict --clinical-text`.")
         t0 = time.perf_counter()
-        unwrap(self.predictor.network).set_clinical([{"text": str(text)}])
-        with torch.no_grad():
+        with torch.no_grad(), unwrap(self.predictor.network).conditioned_on([{"text": str(text)}]):
             logits = self.predictor.predict_sliding_window_return_logits(self._data).float().cpu()
         self._history.append(("text", self._text_logits))
         self._text_logits = logits

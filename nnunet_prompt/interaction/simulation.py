@@ -4,7 +4,7 @@ Everything here is batched torch on whatever device the target lives on (GPU in 
 simulated user never forces a round trip to the CPU. Used by PromptTrainer during training and
 by its final validation; the N-click evaluation protocol uses the same refinement rule.
 
-* Initial prompt (round 1, seed 002 and 001): per sample one of {clicks only, box only, box + clicks},
+* Initial prompt (round 1, the MedSAM study and CT-SAM3D): per sample one of {clicks only, box only, box + clicks},
   drawn at random. Clicks are random voxels of the target; the box is the target's bounding box,
   each side widened by a random margin of 0-20 mm.
 * Refinement rounds: the next click goes to the voxel farthest from the boundary of the largest error
@@ -35,7 +35,7 @@ class SimulationPolicy:
     num_rounds: int = 5                      # CT-SAM3D: 5 interaction rounds per batch
     initial_types: Tuple[str, ...] = INITIAL_PROMPT_TYPES
     max_initial_clicks: int = 3              # 1..max random clicks in the target
-    box_margin_mm: Tuple[float, float] = (0.0, 20.0)  # seed 002: bounding box widened by 0-20 mm
+    box_margin_mm: Tuple[float, float] = (0.0, 20.0)  # the MedSAM study: bounding box widened by 0-20 mm
 
     def __post_init__(self):
         unknown = set(self.initial_types) - set(INITIAL_PROMPT_TYPES)

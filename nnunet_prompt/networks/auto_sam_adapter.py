@@ -1,4 +1,4 @@
-"""The AutoSAM Adapter network (seed 003, Fig. 2A): the 3D-adapted SAM encoder, the Auto Prompt Generator (§3.3)
+"""The AutoSAM Adapter network (Fig. 2A): the 3D-adapted SAM encoder, the Auto Prompt Generator (§3.3)
 and the multi-layer aggregation mask decoder (§3.4), for nnU-Net's sliding-window inference.
 
 * Input channels: nnU-Net's C image channels (normalised by nnU-Net: CT or z-score, i.e. values of about unit
@@ -12,7 +12,7 @@ and the multi-layer aggregation mask decoder (§3.4), for nnU-Net's sliding-wind
   transposed convolutions (as SAM's mask decoder upscales) and then trilinearly to the input size; concatenated
   with the input image and fused by a final 3D convolution block into the class logits. Everything here trains.
 
-No deep supervision: one full-resolution output (the seed has none), so the trainers switch it off in nnU-Net.
+No deep supervision: one full-resolution output (AutoSAM Adapter has none), so the trainers switch it off in nnU-Net.
 """
 from __future__ import annotations
 

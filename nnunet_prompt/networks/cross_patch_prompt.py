@@ -1,4 +1,4 @@
-"""Cross-patch prompt (CPP, seed 001, CT-SAM3D, Algorithm 1 lines 4-5): from a clicked patch U, its
+"""Cross-patch prompt (CPP, CT-SAM3D, Algorithm 1 lines 4-5): from a clicked patch U, its
 predicted mask U_p and an overlapping neighbour patch V, a light encoder-decoder predicts a click
 heatmap for V, so that one click segments an organ larger than a patch.
 
@@ -27,7 +27,7 @@ class CrossPatchPromptNet(nn.Module):
         super().__init__()
         n = len(features)
         norm = nn.InstanceNorm3d if conv_op is nn.Conv3d else nn.InstanceNorm2d
-        # a small nnU-Net-style U-Net (the seed's 'light-weight encoder-decoder'); inputs [U, U_p, V]
+        # a small nnU-Net-style U-Net (CT-SAM3D's 'light-weight encoder-decoder'); inputs [U, U_p, V]
         self.divisor = 2 ** (n - 1)  # the U-Net's total stride: inputs are padded to a multiple of it
         self.net = PlainConvUNet(2 * image_channels + 1, n, list(features), conv_op, 3, [1] + [2] * (n - 1), 2, 1,
                                  [1] * (n - 1), True, norm, {"affine": True, "eps": 1e-5},

@@ -1,4 +1,4 @@
-"""PSAP: progressively and spatially aligned prompts (seed 001, CT-SAM3D, eq. 2).
+"""PSAP: progressively and spatially aligned prompts (CT-SAM3D, eq. 2).
 
 Every decoder stage of nnU-Net's planned U-Net normalises its features with a prompt-conditioned
 instance norm: M = [P, N, Y] (positive clicks, negative clicks, previous mask) is average-pooled to
@@ -7,13 +7,13 @@ that size, and the features become (1 + gamma) * IN(X) + beta.
 
 Decisions, with reasons:
 
-* (1 + gamma) instead of eq. 2's gamma: the form of SPADE (Park et al. 2019, which the seed cites as
+* (1 + gamma) instead of eq. 2's gamma: the form of SPADE (Park et al. 2019, which CT-SAM3D cites as
   its model). With M = 0 (no click yet) gamma and beta are the heads' biases, i.e. the ordinary learned
   affine of nnU-Net's InstanceNorm, and a freshly initialised gamma near 0 does not scale features
   towards 0. ``PSAPNorm(residual_gamma=False)`` is eq. 2 as printed. Not measured against each other.
 * The clicks are the encoding's balls of ``click_radius_mm`` (``nnunet_prompt.prompts.encoding``),
-  not the seed's Gaussian heatmaps: one prompt layout for every trainer.
-* The box channel is not part of M: seed 001 has no box prompt, and PSAPTrainer's simulated user
+  not CT-SAM3D's Gaussian heatmaps: one prompt layout for every trainer.
+* The box channel is not part of M: CT-SAM3D has no box prompt, and PSAPTrainer's simulated user
   never draws one, so its weights would never learn. A box given at inference is ignored.
 * Each PSAP branch is at most 32 channels wide and never wider than its stage (SPADE uses 128): on
   the narrow CPU plans a full-resolution stage has 8 channels.

@@ -22,7 +22,7 @@ A prompt addresses one target *label* of the dataset (its integer value or its n
 ``dataset.json``). It may be omitted when the dataset has a single foreground label.
 
 The JSON file format (one file mapping case identifiers to prompts) is in ``prompts.schema.json``
-beside this module and in docs/prompts.md.
+beside this module and in docs/reference/prompts.md.
 """
 from __future__ import annotations
 
@@ -272,7 +272,7 @@ def load_prompts_file(path: str) -> PromptsByCase:
         with open(path, "r", encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise PromptError(f"Prompts file '{path}' is not valid JSON: {e}. See docs/prompts.md for the format.") from None
+        raise PromptError(f"Prompts file '{path}' is not valid JSON: {e}. See docs/reference/prompts.md for the format.") from None
     return parse_prompts(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

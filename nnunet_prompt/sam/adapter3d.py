@@ -1,4 +1,4 @@
-"""SAM's 2D ViT image encoder adapted to 3D volumes (seed 003, AutoSAM Adapter, §3.2).
+"""SAM's 2D ViT image encoder adapted to 3D volumes (AutoSAM Adapter, §3.2).
 
 Built from a loaded ``transformers`` ``SamVisionEncoder`` (``nnunet_prompt.sam.checkpoint``): the 2D modules are
 reused as they are (their weights are not copied into new layers), and only the parts that need a third

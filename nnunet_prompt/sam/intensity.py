@@ -4,12 +4,12 @@ expects, inside the network.
 nnU-Net 2.8 resolves normalisation schemes by name inside nnunetv2 only (the predictor looks the class up
 again from plans.json), so a plugin cannot add a "SAM" normalisation to preprocessing. The data therefore keep
 nnU-Net's own normalisation (chosen by the channel names of dataset.json) and this fixed, parameter-free
-module undoes it per channel into [0, 1] image intensities, as MedSAM (seed 002) prepares its input:
+module undoes it per channel into [0, 1] image intensities, as the MedSAM study prepares its input:
 
 * ``RGBTo0_1Normalization`` (``nnunet-prompt convert --rgb-fusion``: CT/PET/MRI already windowed to 0-255
   and divided by 255 by nnU-Net): used as is;
 * ``CTNormalization``: nnU-Net's dataset-wide z-score is inverted with the mean and std stored in the plans
-  (back to Hounsfield units), then the soft-tissue window of seed 002 (level 40, width 400) maps it to [0, 1];
+  (back to Hounsfield units), then the soft-tissue window of the MedSAM study (level 40, width 400) maps it to [0, 1];
 * anything else (per-image z-score, e.g. MR): [-3, 3] standard deviations mapped linearly to [0, 1].
 
 A single channel is replicated to SAM's 3 RGB channels; 3 channels are used as R, G, B; other counts are
@@ -26,7 +26,7 @@ from torch import nn
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 PIXEL_NORMS = ("imagenet", "unit")
-CT_WINDOW = (40.0, 400.0)  # level, width (seed 002)
+CT_WINDOW = (40.0, 400.0)  # level, width (the MedSAM study)
 
 
 class SAMIntensityError(ValueError):

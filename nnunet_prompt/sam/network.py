@@ -1,4 +1,4 @@
-"""SAM-RT's segmentation network (seed 000): frozen SAM ViT encoder with LoRA on query and value, a fully
+"""SAM-RT's segmentation network: frozen SAM ViT encoder with LoRA on query and value, a fully
 trained mask decoder predicting k semantic masks, and optionally SAM-RT's prompt path (E_p, GaRPA, ProViCMA).
 
 Input: (B, image channels + prompt channels, S, S) with S the planned square patch; output: (B, k, S, S)

@@ -1,4 +1,4 @@
-"""SAM-RT's prompt path (seed 000 §2.2): the unified prompt-visual encoder E_p and ProViCMA (eq. 2).
+"""SAM-RT's prompt path (§2.2): the unified prompt-visual encoder E_p and ProViCMA (eq. 2).
 
 * ``PromptVisualEncoder``: f_p = E_p(I, Q_n, B, M). The prompts arrive as the prompt trainers' dense channels
   (click balls, box, previous mask; ``nnunet_prompt.prompts.encoding``); they are concatenated with the
@@ -6,7 +6,7 @@
   grid, so points, box and mask are fused with the image in one representation.
 * ``ProViCMA``: f_xy = f_x ⊗ E_xy(f_y ⊗ Sigmoid(MLP(f_x))) for (x, y) in {(p, v), (v, p)}, f_duo = f_pv + f_vp.
   The MLPs are per-pixel (1x1 convolutions), the adaptive information refinement layers E_xy are 3x3
-  convolutions (the seed gives no sizes).
+  convolutions (SAM-RT gives no sizes).
 """
 from __future__ import annotations
 

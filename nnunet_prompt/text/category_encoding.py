@@ -1,4 +1,4 @@
-"""The numeric-category ablation of seed 004 (Table 3a): the same clinical fields as categories, no language.
+"""The numeric-category ablation of LLMSeg (Table 3a): the same clinical fields as categories, no language.
 
 Each structured field of the clinical-text sidecar ("laterality": "left", "N": "N1", ...) becomes one
 context token: a learned embedding of the pair "field=value". Pairs are mapped to embedding rows by a

@@ -20,7 +20,7 @@ KINDS = ("language_model", "categories")
 @dataclass(frozen=True)
 class ClinicalContextConfig:
     kind: str = "language_model"
-    num_groups: int = 4           # N text prompt groups (seed 004: several beat one, Table 3b)
+    num_groups: int = 4           # N text prompt groups (LLMSeg: several beat one, Table 3b)
     vectors_per_group: int = 8    # M learnable vectors per group
     category_dim: int = 128       # context size of the numeric-category ablation
     text_model: Optional[TextModelSpec] = None

@@ -1,4 +1,4 @@
-"""Multimodal interactive alignment (seed 004, Fig. 1b / Suppl. Fig. 5b) at one U-Net level.
+"""Multimodal interactive alignment (LLMSeg, Fig. 1b / Suppl. Fig. 5b) at one U-Net level.
 
 The context tokens (B, N, D) are projected linearly to the level's channel count C; one SAM two-way
 attention block (token self-attention, token -> image cross-attention, token MLP, image -> token

@@ -1,4 +1,4 @@
-"""Text prompt tuning (LLMSeg, seed 004, eq. 1) on a frozen Hugging Face language model.
+"""Text prompt tuning (LLMSeg, eq. 1) on a frozen Hugging Face language model.
 
 For each of N prompt groups n, the model reads
 
@@ -20,7 +20,7 @@ token, uses N independent groups (one [SEG] output each) and reads the output at
 token; peft expresses none of these three, so the splice is done here on ``inputs_embeds``.
 
 The context embeddings are then standardised with running statistics over the training texts
-(``RunningStandardization``; why: see there). This is not in seed 004; it is what made the text's
+(``RunningStandardization``; why: see there). This is not in LLMSeg; it is what made the text's
 effect learnable in a few hundred steps here (tests/test_text_behaviour.py).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ class TextPromptTuning(nn.Module):
         self.num_groups = int(num_groups)
         self.vectors_per_group = int(vectors_per_group)
         self.context_dim = spec.hidden_size
-        # Randomly initialised as in seed 004, at the scale of token embeddings (std EMBEDDING_SCALE). Stored in
+        # Randomly initialised as in LLMSeg, at the scale of token embeddings (std EMBEDDING_SCALE). Stored in
         # units of that scale, so an optimizer step moves them by ~EMBEDDING_SCALE x lr: at the image network's
         # learning rate (AdamW 1e-3..3e-3) unscaled vectors jump by many embedding norms within a hundred steps,
         # the language model's output keeps changing under the fusion layers, and the text's effect is learned

@@ -1,4 +1,4 @@
-"""nnU-Net's planned U-Net, conditioned on clinical context at every level (seed 004's LLMSeg layout).
+"""nnU-Net's planned U-Net, conditioned on clinical context at every level (LLMSeg's layout).
 
 The U-Net is the one nnU-Net planned (PlainConvUNet, ResidualEncoderUNet, ...), composed, not forked:
 its encoder produces the skip features, a ``TwoWayTextFusion`` per level (every skip connection and the

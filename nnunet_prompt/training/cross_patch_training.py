@@ -1,4 +1,4 @@
-"""Training seed 001's cross-patch prompt (CPP) inside nnU-Net's train_step (Algorithm 1, lines 4-6).
+"""Training CT-SAM3D's cross-patch prompt (CPP) inside nnU-Net's train_step (Algorithm 1, lines 4-6).
 
 Patch pairs: U and V are two overlapping crops of the patch nnU-Net's data loader already delivered
 (after its augmentation), not two separately loaded patches. Per sample a direction among the 26

@@ -1,4 +1,4 @@
-"""DistillTrainer base (seed 003, §3.5, eq. 2): nnU-Net's planned U-Net as the student of a trained teacher fold.
+"""DistillTrainer base (AutoSAM Adapter, §3.5, eq. 2): nnU-Net's planned U-Net as the student of a trained teacher fold.
 
 The student is exactly the network nnU-Net plans (``nnUNetTrainer``'s own ``build_network_architecture``; the
 ``width_divisor`` variants narrow its feature widths in the plans copy saved beside the student), so the
@@ -28,7 +28,7 @@ from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
 
 
 class DistillTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
-    distill_lambda: float = 0.5  # eq. 2's λ (the seed's default)
+    distill_lambda: float = 0.5  # eq. 2's λ (AutoSAM Adapter's default)
     width_divisor: int = 1       # >1: a narrower student (feature widths / width_divisor)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

@@ -1,4 +1,4 @@
-"""Knowledge distillation (seed 003, §3.5, eq. 2): the loss, and loading a trained nnU-Net fold as the teacher.
+"""Knowledge distillation (AutoSAM Adapter, §3.5, eq. 2): the loss, and loading a trained nnU-Net fold as the teacher.
 
 L_tot = λ·L_seg + (1 − λ)·MSE(student probabilities, teacher probabilities), with L_seg nnU-Net's own loss
 (Dice + CE, with deep supervision when the student has it). The MSE compares full-resolution probabilities

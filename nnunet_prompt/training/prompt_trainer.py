@@ -11,7 +11,7 @@ the loss, checkpoints. This class changes four things:
 * the final validation predicts every validation case with simulated prompts for each of its labels
   and writes nnU-Net's usual ``validation/summary.json``.
 
-Iterative training (seed 001, and Sofiuk et al. 2022 cited there): a batch runs r rounds, r drawn
+Iterative training (CT-SAM3D, and Sofiuk et al. 2022 cited there): a batch runs r rounds, r drawn
 uniformly from 1..num_rounds. Rounds 1..r-1 are forward passes without gradient whose predictions
 drive the simulated user's next click and come back as the mask prompt; round r is the ordinary
 nnU-Net training step. Round 1 never has a mask. Drawing r keeps first-round prompts (box only,

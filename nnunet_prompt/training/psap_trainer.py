@@ -1,12 +1,12 @@
-"""The PSAP trainer base (seed 001, CT-SAM3D): PromptTrainerBase with a PSAP-modulated decoder.
+"""The PSAP trainer base (CT-SAM3D): PromptTrainerBase with a PSAP-modulated decoder.
 
 Only the network and the simulated user's first round differ from PromptTrainer: nnU-Net's planned
 U-Net sees the image alone and the clicks and previous mask modulate every decoder stage
-(``nnunet_prompt.networks.psap``); the first interaction round gives clicks only (seed 001, no box).
+(``nnunet_prompt.networks.psap``); the first interaction round gives clicks only (CT-SAM3D, no box).
 Target selection, interaction rounds (5 per batch by default, drawn 1..5 as in PromptTrainer), timing
 and the prompted final validation (with clicks) are PromptTrainerBase's.
 
-``cross_patch_prompt = True`` (PSAPTrainer_CPP) adds seed 001's cross-patch prompt head to the network and
+``cross_patch_prompt = True`` (PSAPTrainer_CPP) adds CT-SAM3D's cross-patch prompt head to the network and
 its loss L_cross to nnU-Net's loss on every training step (``nnunet_prompt.training.cross_patch_training``).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ class PSAPTrainerBase(PromptTrainerBase):
     # cross-patch prompt (CPP): a light U-Net head trained beside the segmentation network
     cross_patch_prompt: bool = False
     cross_patch_features = (8, 16, 32)
-    cross_patch_sigma_mm: float = 5.0   # width of the Gaussian at the target's centroid (the seed gives none)
+    cross_patch_sigma_mm: float = 5.0   # width of the Gaussian at the target's centroid (CT-SAM3D gives none)
     cross_patch_weight: float = 1.0     # L = L_local + L_cross (Algorithm 1, line 6)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

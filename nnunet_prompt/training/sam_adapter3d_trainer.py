@@ -1,4 +1,4 @@
-"""The AutoSAM Adapter trainer base (seed 003, §3.2-3.4, 3.6): nnU-Net's trainer with the 3D-adapted SAM network.
+"""The AutoSAM Adapter trainer base (§3.2-3.4, 3.6): nnU-Net's trainer with the 3D-adapted SAM network.
 
 Not a prompt trainer: the Auto Prompt Generator makes the prompt, so the network takes nnU-Net's image
 channels and outputs the dataset's classes, and plain ``nnUNetv2_predict`` predicts with it. nnU-Net keeps
@@ -6,7 +6,7 @@ planning, data loading, augmentation, the loop and the loss (``DC_and_CE_loss``,
 
 * the network (``nnunet_prompt.networks.auto_sam_adapter``), built from the SAM checkpoint named by
   ``NNUNET_PROMPT_SAM_CHECKPOINT`` (``nnunet_prompt.sam.checkpoint``);
-* deep supervision off (the network has one full-resolution output, as in the seed);
+* deep supervision off (the network has one full-resolution output, as in AutoSAM Adapter);
 * AdamW (lr 5e-4, weight decay 1e-5, §4) on the trainable parameters only, with nnU-Net's poly decay;
 * what the model needs at inference goes into the plans record (``nnunet_prompt.model_record``, in the
   ``plans.json`` beside the trained model, read back by nnU-Net's predictor when it rebuilds the network): the

@@ -1,4 +1,4 @@
-"""SAM trainers (seed 000 SAM-RT, seed 002 MedSAM): a frozen SAM ViT encoder with LoRA inside nnU-Net's training.
+"""SAM trainers (SAM-RT, the MedSAM study): a frozen SAM ViT encoder with LoRA inside nnU-Net's training.
 
 nnU-Net keeps data loading, augmentation, the loss, the loop and checkpoint files. ``SAMTrainerMixin`` changes:
 

@@ -1,4 +1,4 @@
-"""The text prompt trainer base (LLMSeg, seed 004): nnU-Net's planned U-Net conditioned on clinical text.
+"""The text prompt trainer base (LLMSeg): nnU-Net's planned U-Net conditioned on clinical text.
 
 nnU-Net keeps planning, data loading, the loss, the training loop and checkpoints. This class changes:
 
