@@ -53,6 +53,7 @@ def test_an_old_model_folder_is_refused_and_upgrade_model_converts_it(trained, t
         predictor.initialize_from_trained_model_folder(str(folder), (0,))
     # the CLI says the same in one line, exit code 2, before writing anything
     out = tmp_path / "pred"
+    (tmp_path / "none.json").write_text("{}")
     proc = run([console_script("nnunet-prompt"), "predict", "-i", os.path.join(trained["raw"], "imagesTs"), "-o",
                 str(out), "-d", str(trained["id"]), "-c", CONFIG, "-tr", TRAINER, "-p", PLANS,
                 "--prompts", str(tmp_path / "none.json"), "-device", "cpu"],
@@ -86,7 +87,7 @@ def test_resuming_refuses_a_checkpoint_of_other_network_options(trained, planned
     ckpt["init_args"]["plans"][PLANS_KEY]["network"] = {"psap_hidden_channels": 8}
     pre = os.path.join(trained["env"]["nnUNet_preprocessed"], os.path.basename(os.path.dirname(trained["folder"])))
     cls = recursive_find_trainer_class_by_name(TRAINER)
-    trainer = cls(load_json(os.path.join(pre, f"{PLANS}.json")), CONFIG, 0,
+    trainer = cls(dict(load_json(os.path.join(pre, f"{PLANS}.json")), continue_training=True), CONFIG, 0,
                   load_json(os.path.join(pre, "dataset.json")), torch.device("cpu"))
     with pytest.raises(ModelRecordError, match="network options"):
         trainer.adopt_record(ckpt, path)
