@@ -9,7 +9,8 @@ export. This class only appends prompt channels to each case's preprocessed imag
   binary (background, object) output; the object-vs-background logit difference of label L becomes
   channel L of a multi-class logit map whose background channel is 0 and whose unprompted labels are
   ``UNPROMPTED_LOGIT``. nnU-Net's own export then resamples that map and takes the argmax, so where
-  prompted objects overlap the more confident one wins.
+  prompted objects overlap the more confident one wins. In a region dataset a prompt addresses a region
+  and the map has nnU-Net's region channels instead (``nnunet_prompt.prompts.regions_or_labels``).
 
 With ``enable_cross_patch`` (models trained with PSAPTrainer_CPP, ``nnunet-prompt predict --cross-patch``) a
 label's logits come from the patches around its positive clicks and the neighbouring patches the model's
@@ -40,11 +41,11 @@ from nnunet_prompt.model_record import record_from_plans
 from nnunet_prompt.networks.contract import object_label_manager, unwrap
 from nnunet_prompt.prompts.encoding import MASK, POS, PromptEncoding, ball_radius_voxels, draw_balls, encode_preprocessed
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid, case_volume_spacing
-from nnunet_prompt.prompts.model import PromptError, PromptsByCase, foreground_labels
+from nnunet_prompt.prompts.model import PromptError, PromptsByCase
+from nnunet_prompt.prompts.regions_or_labels import UNPROMPTED_LOGIT, logit_channel, prompt_targets, unprompted_logits  # noqa: F401 (UNPROMPTED_LOGIT re-exported)
 from nnunet_prompt.prompts.regions import region_around, region_slices
 from nnunet_prompt.text.config import ClinicalContextConfig
 
-UNPROMPTED_LOGIT = -100.0
 UNREACHED_LOGIT = -10.0  # cross-patch prediction: voxels outside every predicted patch (as the session's background)
 
 
@@ -139,7 +140,7 @@ class PromptPredictor(nnUNetPredictor):
         """Validate every case's prompts against its image header before anything is predicted, so a bad
         prompt of the last case does not leave the first cases' outputs behind."""
         from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
-        labels = foreground_labels(self.dataset_json)
+        labels = prompt_targets(self.dataset_json)
         files = create_lists_from_splitted_dataset_folder(source_folder, self.dataset_json['file_ending'])
         if not files:
             raise PromptError(f"No images ending in {self.dataset_json['file_ending']} in '{source_folder}' (nnU-Net "
@@ -177,7 +178,7 @@ class PromptPredictor(nnUNetPredictor):
             self._missing(case)
         grid = PreprocessedGrid(properties, self.plans_manager.transpose_forward, preprocessed_shape)
         geometry = ImageGeometry.from_nnunet_properties(properties, grid.raw_shape_zyx)
-        labels = foreground_labels(self.dataset_json)
+        labels = prompt_targets(self.dataset_json)
         out: Dict[int, torch.Tensor] = {}
         self._current_case, self._current_case_clicks = case, {}
         spacing = case_volume_spacing(self.configuration_manager.spacing, properties, self.plans_manager.transpose_forward)
@@ -211,13 +212,13 @@ class PromptPredictor(nnUNetPredictor):
             self.label_manager = dataset_labels
 
     def predict_prompted_logits(self, data: torch.Tensor, channels_by_label: Dict[int, torch.Tensor]) -> torch.Tensor:
-        """data: (C_img, *spatial) preprocessed image -> (num_classes, *spatial) logits (see module doc)."""
-        num_heads = self.label_manager.num_segmentation_heads
-        out = torch.full((num_heads, *data.shape[1:]), UNPROMPTED_LOGIT, dtype=torch.float32)
-        out[0] = 0
+        """data: (C_img, *spatial) preprocessed image -> (num_classes, *spatial) logits (see module doc).
+        channels_by_label: {label value, or region (tuple of label values) in a region dataset: prompt channels}."""
+        out = unprompted_logits(self.label_manager, data.shape[1:])
         for label, channels in channels_by_label.items():
+            c = logit_channel(self.label_manager, label)
             if self.cross_patch is not None:
-                out[label] = self.cross_patch_logits(data, channels, self._current_case_clicks.get(label, []), label)
+                out[c] = self.cross_patch_logits(data, channels, self._current_case_clicks.get(label, []), label)
                 continue
             x = torch.cat([data.float(), channels.to(torch.float32).cpu()], 0)
             with self._object_output():
@@ -225,7 +226,7 @@ class PromptPredictor(nnUNetPredictor):
                     logits = self.predict_sliding_window_return_logits(x).float().cpu()
                 else:
                     logits = super().predict_logits_from_preprocessed_data(x).float().cpu()
-            out[label] = logits[1] - logits[0]
+            out[c] = logits[1] - logits[0]
         return out
 
     def cross_patch_logits(self, data: torch.Tensor, channels: torch.Tensor, clicks, label: int) -> torch.Tensor:

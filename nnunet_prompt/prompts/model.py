@@ -19,7 +19,9 @@ drawn on one axial slice has ``z0 == z1``). A box flat along two or more axes, o
 is refused.
 
 A prompt addresses one target *label* of the dataset (its integer value or its name in
-``dataset.json``). It may be omitted when the dataset has a single foreground label.
+``dataset.json``). It may be omitted when the dataset has a single foreground label. In a region
+dataset (``"labels"`` given as lists, e.g. from ``nnunet-prompt convert --overlap regions``) a prompt
+addresses one region, by its name (see ``nnunet_prompt.prompts.regions_or_labels``).
 
 The JSON file format (one file mapping case identifiers to prompts) is in ``prompts.schema.json``
 beside this module and in docs/reference/prompts.md.
@@ -165,9 +167,11 @@ class Prompt:
         return d
 
     # ------------------------------------------------------------- resolution
-    def resolve_label(self, labels: Dict[str, int], case: Optional[str] = None, source: Optional[str] = None) -> int:
-        """Return the integer label value this prompt addresses. ``labels`` is dataset.json's 'labels'
-        restricted to foreground labels (name -> int)."""
+    def resolve_label(self, labels: Dict[str, Union[int, Tuple[int, ...]]], case: Optional[str] = None,
+                      source: Optional[str] = None) -> Union[int, Tuple[int, ...]]:
+        """Return the target this prompt addresses. ``labels`` is dataset.json's 'labels' restricted to foreground
+        targets (name -> int label value, or for region datasets name -> region as a tuple of label values, see
+        ``nnunet_prompt.prompts.regions_or_labels.prompt_targets``); regions are addressed by name."""
         where = _where(case, source)
         if self.label is None:
             if len(labels) == 1:
@@ -178,6 +182,10 @@ class Prompt:
             if self.label in labels:
                 return labels[self.label]
             raise PromptError(f"Unknown label name '{self.label}'{where}. The dataset's foreground labels are {labels}.")
+        if any(isinstance(v, tuple) for v in labels.values()):
+            raise PromptError(f"Label value {self.label}{where}: this dataset is region-based (its labels are nnU-Net "
+                              f"regions {labels}); a prompt names the region it addresses, e.g. \"label\": "
+                              f"\"{next(iter(labels))}\".")
         if self.label in labels.values():
             return int(self.label)
         raise PromptError(f"Unknown label value {self.label}{where}. The dataset's foreground labels are {labels}.")

@@ -34,7 +34,7 @@ from nnunet_prompt.model_record import ModelRecordError, record_from_plans
 from nnunet_prompt.networks.contract import NUM_OUTPUTS, append_empty_prompts_hook
 from nnunet_prompt.prompts.encoding import PromptEncoding
 from nnunet_prompt.prompts.geometry import median_volume_spacing
-from nnunet_prompt.prompts.model import foreground_labels
+from nnunet_prompt.prompts.regions_or_labels import TargetKey, one_target_vs_rest, prompt_targets, training_label_manager
 from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
 
 class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
@@ -48,7 +48,9 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.target_labels: Dict[str, int] = foreground_labels(dataset_json)
+        # name -> label value, or region (tuple of label values) in a region dataset; training sees label maps
+        self.target_labels: Dict[str, TargetKey] = prompt_targets(dataset_json)
+        self.label_manager = training_label_manager(self.label_manager)
         self._simulator = None
         self.reset_timing()
 
@@ -107,26 +109,10 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
         return median_volume_spacing(self.plans_manager, self.configuration_manager)
 
     def select_targets(self, target: List[torch.Tensor]) -> List[torch.Tensor]:
-        """Pick one label per sample (uniformly among the labels present in the patch) and turn every
-        deep-supervision target into 'that label vs rest', keeping nnU-Net's ignore label."""
-        full = target[0]
-        labels = torch.as_tensor(sorted(self.target_labels.values()), device=full.device)
-        chosen = torch.empty(full.shape[0], dtype=full.dtype, device=full.device)
-        gen = self.simulator.generator
-        for i in range(full.shape[0]):
-            present = labels[torch.isin(labels, torch.unique(full[i]).to(labels.dtype))]
-            pool = present if present.numel() else labels
-            k = int(torch.randint(pool.numel(), (1,), generator=gen, device=gen.device).item())
-            chosen[i] = pool[k]
-        ignore = self.label_manager.ignore_label
-        out = []
-        for t in target:
-            c = chosen.view(-1, *([1] * (t.ndim - 1)))
-            b = (t == c).to(t.dtype)
-            if ignore is not None:
-                b = torch.where(t == ignore, torch.full_like(t, ignore), b)
-            out.append(b)
-        return out
+        """Pick one label (region) per sample (uniformly among those present in the patch) and turn every
+        deep-supervision target into 'that label (region) vs rest', keeping nnU-Net's ignore label."""
+        return one_target_vs_rest(target, list(self.target_labels.values()), self.label_manager.ignore_label,
+                                  self.simulator.generator)
 
     def _forward_prediction(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
