@@ -175,6 +175,26 @@ def test_prompt_trainer_final_validation_is_evaluated_on_regions(region_dataset)
             assert ours["metrics"][str(key)]["TP"] == v["TP"] and ours["metrics"][str(key)]["FP"] == v["FP"]
             assert ours["metrics"][str(key)]["FN"] == v["FN"]
 
+    # prediction with prompts from a file: a prompt names its region; the logit map has the region channels
+    from nnunet_prompt.interaction.user_prompts import prompt_from_label
+    from nnunet_prompt.inference.predictor import UNPROMPTED_LOGIT, PromptPredictor
+    from nnunet_prompt.prompts.model import Prompt
+    case = sorted(used)[0]
+    label_file = os.path.join(region_dataset["raw"], "labelsTr", case + ".nii.gz")
+    predictor = PromptPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(os.path.dirname(os.path.dirname(val)), (0,), "checkpoint_final.pth")
+    data, _, props = predictor.configuration_manager.preprocessor_class(verbose=False).run_case(
+        [os.path.join(region_dataset["raw"], "imagesTr", case + "_0000.nii.gz")], None, predictor.plans_manager,
+        predictor.configuration_manager, predictor.dataset_json)
+    data = torch.from_numpy(data)
+    predictor.set_prompts({case: [Prompt.from_dict(dict(prompt_from_label(label_file, label=1), label="CTV"))]}, "test")
+    channels = predictor.prepare_case_prompts(case, data.shape[1:], props)
+    assert set(channels) == {(1, 2)}
+    with torch.no_grad():
+        logits = predictor.predict_prompted_logits(data, channels)
+    assert logits.shape == (2, *data.shape[1:]) and torch.all(logits[1] == UNPROMPTED_LOGIT)
+    assert not torch.all(logits[0] == UNPROMPTED_LOGIT)
+
 
 def test_pool_export_writes_the_files_of_a_sequential_export(trained, tmp_path, monkeypatch):
     """The label dataset's final validation run in this process (PromptTrainer_demo's checkpoint): the files nnU-Net's
