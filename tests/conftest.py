@@ -38,18 +38,23 @@ def run(cmd, env, timeout=900):
     return proc
 
 
-def make_tiny_dataset(env, dataset_id, name, **generator_kwargs) -> str:
-    """Generate a tiny phantom dataset, then nnU-Net's fingerprint, NarrowUNetPlanner plans and 3d_fullres
-    preprocessing through nnU-Net's own API (the nnU-Net folder variables must point at env's folders)."""
-    from nnunet_prompt_datasets.synthetic_hn import generate_synthetic_hn_dataset
+def plan_and_preprocess_tiny(dataset_id: int) -> None:
+    """nnU-Net's fingerprint, NarrowUNetPlanner plans and 3d_fullres preprocessing of a raw dataset, through
+    nnU-Net's own API (the nnU-Net folder variables must point at the test's folders)."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
                                                                       plan_experiment_dataset, preprocess_dataset)
     from nnunet_prompt_planners.narrow_planner import NarrowUNetPlanner
-    raw = generate_synthetic_hn_dataset(env["nnUNet_raw"], dataset_id, name, num_training=6, num_test=2,
-                                        shape_xyz=(40, 40, 16), **generator_kwargs)
     extract_fingerprint_dataset(dataset_id, num_processes=1, check_dataset_integrity=True, show_progress_bar=False)
     plan_experiment_dataset(dataset_id, NarrowUNetPlanner)
     preprocess_dataset(dataset_id, PLANS, (CONFIG,), [1], show_progress_bar=False)
+
+
+def make_tiny_dataset(env, dataset_id, name, **generator_kwargs) -> str:
+    """Generate a tiny phantom dataset, then plan and preprocess it (``plan_and_preprocess_tiny``)."""
+    from nnunet_prompt_datasets.synthetic_hn import generate_synthetic_hn_dataset
+    raw = generate_synthetic_hn_dataset(env["nnUNet_raw"], dataset_id, name, num_training=6, num_test=2,
+                                        shape_xyz=(40, 40, 16), **generator_kwargs)
+    plan_and_preprocess_tiny(dataset_id)
     return raw
 
 

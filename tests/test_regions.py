@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import CONFIG, PLANS, console_script, run
+from conftest import CONFIG, PLANS, console_script, plan_and_preprocess_tiny, run
 
 TRAINER = "PromptTrainer_demo"
 REGION_ID = 993
@@ -23,13 +23,10 @@ def make_region_dataset(env, dataset_id: int, name: str) -> str:
     our `folder` converter with --overlap regions, then nnU-Net's fingerprint, NarrowUNetPlanner plans and 3d_fullres
     preprocessing. The first validation case of fold 0 has CTV only (no GTV mask)."""
     from scipy.ndimage import binary_dilation
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
-                                                                      plan_experiment_dataset, preprocess_dataset)
     from nnunetv2.utilities.crossval_split import generate_crossval_split
     from nnunet_prompt_datasets.case_model import ConvertOptions
     from nnunet_prompt_datasets.convert import convert_dataset
     from nnunet_prompt_datasets.synthetic_hn import make_case
-    from nnunet_prompt_planners.narrow_planner import NarrowUNetPlanner
 
     src = os.path.join(os.path.dirname(env["nnUNet_raw"]), f"region_source_{dataset_id}")
     cases = [f"hn_{i:03d}" for i in range(6)]
@@ -49,9 +46,7 @@ def make_region_dataset(env, dataset_id: int, name: str) -> str:
         f.write("labels:\n  CTV: [CTV]\n  GTV: [GTV]\n")
     raw = convert_dataset("folder", src, dataset_id, name, env["nnUNet_raw"],
                           ConvertOptions(structure_map=smap, overlap="regions"))
-    extract_fingerprint_dataset(dataset_id, num_processes=1, check_dataset_integrity=True, show_progress_bar=False)
-    plan_experiment_dataset(dataset_id, NarrowUNetPlanner)
-    preprocess_dataset(dataset_id, PLANS, (CONFIG,), [1], show_progress_bar=False)
+    plan_and_preprocess_tiny(dataset_id)
     return raw
 
 
