@@ -6,6 +6,7 @@
     session.add_box((x0, y0, z0), (x1, y1, z1))
     session.undo(); session.reset()
     mask = session.mask                               # numpy (z, y, x) on the input image's grid
+    session.add_scribble(stroke_zyx, positive=True)   # also add_lasso(filled_zyx), add_mask(contour_zyx)
 
 * The image is preprocessed once per ``set_image`` (nnU-Net's own preprocessor of the model's plans).
 * Each interaction runs the network only on a patch-sized region centred on it (nnU-Net's sliding window
@@ -13,6 +14,14 @@
   border, the region grows by half a patch on that side and is predicted again (``max_growth`` times at
   most). The region's result replaces the previous result there; the rest of the volume is kept.
 * One session segments one object; the previous result is fed back as the mask prompt.
+* Only the raw voxels the changed region reaches are resampled back to the image grid
+  (``nnunet_prompt.inference.raw_window``), so a click costs the same on a 64^3 phantom and on a CT.
+  ``last_changed_box`` is that box (z, y, x, half-open); ``add_*(..., return_mask=False)`` returns it instead of
+  a copy of the whole mask (what the server sends back is ``mask_in(box)``).
+* ``run_prediction=False`` queues an interaction; ``predict()`` runs the queued ones at once.
+* A scribble is a trail of clicks on the click channels (one per click radius along it); a lasso is the filled
+  outline on its slice in the box channel (a box is the rectangle case of that channel). See
+  docs/reference/interactions.md.
 * ``cross_patch=True`` (models trained with PSAPTrainer_CPP, CT-SAM3D's cross-patch prompt): a positive click
   segments the patch around it (no growth), then the model's CPP head proposes clicks for the neighbouring
   patches and those are segmented and merged, until no new patch is proposed or ``max_patches`` are done
@@ -34,11 +43,12 @@ import torch
 
 from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, Propagation, require_cross_patch_head
 from nnunet_prompt.inference.predictor import PromptPredictor
+from nnunet_prompt.inference.raw_window import RawBox, RawWindowExport, box_slices
 from nnunet_prompt.networks.contract import object_label_manager, unwrap
-from nnunet_prompt.prompts.encoding import encode_preprocessed
+from nnunet_prompt.prompts.encoding import BOX, ball_radius_voxels, encode_preprocessed
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid, case_volume_spacing
 from nnunet_prompt.prompts.model import Prompt
-from nnunet_prompt.prompts.regions import Region, bounding_region, grown_region, region_around
+from nnunet_prompt.prompts.regions import Region, bounding_region, grown_region, region_around, region_slices
 
 BACKGROUND_LOGIT = -10.0
 
@@ -49,16 +59,29 @@ class _Prompts:
     negative: List[np.ndarray] = field(default_factory=list)
     boxes: List[Tuple[Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     proposed: List[np.ndarray] = field(default_factory=list)   # positive clicks proposed by cross-patch propagation
+    outlines: List[Tuple[Tuple[int, ...], np.ndarray]] = field(default_factory=list)  # filled lassos: (lo, mask)
 
     def copy(self) -> "_Prompts":
-        return _Prompts(list(self.positive), list(self.negative), list(self.boxes), list(self.proposed))
+        return _Prompts(list(self.positive), list(self.negative), list(self.boxes), list(self.proposed),
+                        list(self.outlines))
+
+
+@dataclass
+class _Change:
+    """What one interaction changed, to undo it: the prompts before, the preprocessed region and raw box it
+    rewrote, and their previous values."""
+    prompts: "_Prompts"
+    region: Region
+    logits: torch.Tensor
+    raw_box: RawBox
+    raw: np.ndarray
 
 
 class InteractiveSession:
     def __init__(self, model_folder: str, fold: Union[int, str] = 0, device: Union[str, torch.device] = "cpu",
                  checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, max_growth: int = 3,
                  cross_patch: bool = False, cross_patch_threshold: float = 0.5, max_patches: int = 27,
-                 cross_patch_require_contact: bool = True):
+                 cross_patch_require_contact: bool = True, keep_undo: bool = True, max_scribble_clicks: int = 64):
         self.predictor = PromptPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
                                          perform_everything_on_device=True, device=torch.device(device),
                                          verbose=False, allow_tqdm=False)
@@ -68,6 +91,9 @@ class InteractiveSession:
         self.patch = [int(p) for p in self.predictor.configuration_manager.patch_size]
         self.slice_wise = len(self.patch) == 2  # a 2d configuration: see the module doc
         self.max_growth = max_growth
+        self.grow = True  # region growth (the viewers' "autozoom")
+        self.keep_undo = keep_undo
+        self.max_scribble_clicks = max_scribble_clicks
         self.cross_patch: Optional[CrossPatchPropagator] = None
         if cross_patch:
             head = require_cross_patch_head(unwrap(self.predictor.network), model_folder)
@@ -77,6 +103,7 @@ class InteractiveSession:
         self.num_preprocessing_runs = 0
         self.last_latency_ms: Optional[float] = None
         self.last_region: Optional[Region] = None
+        self.last_changed_box: Optional[RawBox] = None
         self._data = None
 
     # ------------------------------------------------------------------ image
@@ -92,12 +119,18 @@ class InteractiveSession:
                 raise ValueError("set_image with an array needs spacing=(x, y, z) in mm.")
             data = np.asarray(image, dtype=np.float32)
             data = data[None] if data.ndim == 3 else data
+            if data.ndim != 4 or min(data.shape) < 1:
+                raise ValueError(f"set_image needs a (z, y, x) or (channels, z, y, x) array, got shape {data.shape}.")
+            if len(spacing) != 3 or not all(np.isfinite(float(v)) and float(v) > 0 for v in spacing):
+                raise ValueError(f"spacing must be three positive numbers (x, y, z) in mm, got {list(spacing)}.")
             props = {"spacing": [float(s) for s in spacing[::-1]],
                      "sitk_stuff": {"spacing": tuple(float(s) for s in spacing), "origin": tuple(map(float, origin)),
                                     "direction": tuple(map(float, direction))}}
         n_channels = len(self.predictor.dataset_json["channel_names"])
         if data.shape[0] != n_channels:
             raise ValueError(f"The model expects {n_channels} image channel(s), the image has {data.shape[0]}.")
+        if not np.all(np.isfinite(data)):
+            raise ValueError("The image holds NaN or infinite values.")
         pre, _, props = cm.preprocessor_class(verbose=False).run_case_npy(
             data.astype(np.float32), None, props, pm, cm, self.predictor.dataset_json)
         self.num_preprocessing_runs += 1
@@ -106,7 +139,14 @@ class InteractiveSession:
         self._grid = PreprocessedGrid(props, pm.transpose_forward, pre.shape[1:])
         self._geometry = ImageGeometry.from_nnunet_properties(props, self._grid.raw_shape_zyx)
         self._spacing = case_volume_spacing(cm.spacing, props, pm.transpose_forward)  # 3D even for 2d configurations
+        self._export = RawWindowExport(pm, cm, props, pre.shape[1:])
         self.reset()
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        """The input image's array shape (z, y, x)."""
+        self._require_image()
+        return tuple(self._grid.raw_shape_zyx)
 
     def _require_image(self):
         if self._data is None:
@@ -117,8 +157,11 @@ class InteractiveSession:
         self._require_image()
         self._prompts = _Prompts()
         self._logits = torch.full(self._grid.shape, BACKGROUND_LOGIT)
-        self._history: List[tuple] = []
+        self._mask = np.zeros(self._grid.raw_shape_zyx, dtype=np.uint8)
+        self._history: List[Union[_Change, tuple]] = []
+        self._pending: Optional[Tuple[_Prompts, np.ndarray, Tuple[int, int]]] = None
         self._text_logits: Optional[torch.Tensor] = None
+        self.last_changed_box = None
 
     @property
     def takes_text(self) -> bool:
@@ -138,63 +181,139 @@ class InteractiveSession:
         self._history.append(("text", self._text_logits))
         self._text_logits = logits
         self.last_region = ((0, 0, 0), tuple(self._grid.shape))
+        self.last_changed_box = tuple((0, int(s)) for s in self._grid.raw_shape_zyx)
         self.last_latency_ms = 1000 * (time.perf_counter() - t0)
         return self.mask
 
     def _require_spatial(self):
+        self._require_image()
         if self.takes_text:
             raise ValueError("This model is conditioned on clinical text only: use set_text().")
 
-    def add_point(self, point: Sequence[float], positive: bool = True, coordinates: str = "voxel") -> np.ndarray:
+    def add_point(self, point: Sequence[float], positive: bool = True, coordinates: str = "voxel",
+                  run_prediction: bool = True, return_mask: bool = True):
         self._require_spatial()
         key = "positive_points" if positive else "negative_points"
         vp = self._to_voxel({key: [list(point)], "coordinates": coordinates})
         p = self._grid.raw_to_preprocessed(vp.positive_points[0] if positive else vp.negative_points[0])
-        prompts = self._prompts.copy()
+        prompts = self._current_prompts()
         (prompts.positive if positive else prompts.negative).append(p)
-        if positive and self.cross_patch is not None:
-            return self._interact_cross_patch(prompts, center=p)
-        return self._interact(prompts, center=p, z_range=(int(round(p[0])), int(round(p[0])) + 1))
+        if positive and self.cross_patch is not None and run_prediction and self._pending is None:
+            self._interact_cross_patch(prompts, center=p)
+            return self._result(return_mask)
+        return self._interact(prompts, p, (int(round(p[0])), int(round(p[0])) + 1), run_prediction, return_mask)
 
-    def add_box(self, lo: Sequence[float], hi: Sequence[float], coordinates: str = "voxel") -> np.ndarray:
+    def add_box(self, lo: Sequence[float], hi: Sequence[float], coordinates: str = "voxel",
+                run_prediction: bool = True, return_mask: bool = True):
+        """An inclusive box (x, y, z) corners; one flat axis makes it a 2D box on that slice."""
         self._require_spatial()
         vp = self._to_voxel({"boxes": [{"min": list(lo), "max": list(hi)}], "coordinates": coordinates})
         b = self._grid.box_to_preprocessed(vp.boxes[0].min, vp.boxes[0].max)
-        prompts = self._prompts.copy()
+        prompts = self._current_prompts()
         prompts.boxes.append(b)
-        return self._interact(prompts, center=(np.asarray(b[0]) + np.asarray(b[1])) / 2,
-                              z_range=(int(b[0][0]), int(b[1][0]) + 1))
+        return self._interact(prompts, (np.asarray(b[0]) + np.asarray(b[1])) / 2, (int(b[0][0]), int(b[1][0]) + 1),
+                              run_prediction, return_mask)
 
-    def add_mask(self, mask: np.ndarray) -> np.ndarray:
-        """A mask prompt (z, y, x) on the image grid: it becomes the previous result, then the region around
-        its centre is predicted with it."""
-        self._require_image()
+    def add_scribble(self, scribble: np.ndarray, positive: bool = True, offset: Sequence[int] = (0, 0, 0),
+                     run_prediction: bool = True, return_mask: bool = True):
+        """A scribble: a binary array (z, y, x) on the image grid, or a crop of it placed at ``offset`` (z, y, x).
+        It becomes clicks along the stroke (positive or negative), at most one per click radius."""
         self._require_spatial()
-        mask = np.asarray(mask, bool)
+        zyx = self._stroke_voxels(scribble, offset, "scribble")
+        pre = self._grid.raw_to_preprocessed(zyx[:, ::-1].astype(float))
+        # thin the stroke: one click per cell of one click radius (the clicks' balls then cover the stroke)
+        cell = np.maximum(ball_radius_voxels(self.predictor.prompt_encoding.click_radius_mm, self._spacing), 1.0)
+        _, first = np.unique(np.floor(pre / cell).astype(np.int64), axis=0, return_index=True)
+        clicks = pre[np.sort(first)]
+        if len(clicks) > self.max_scribble_clicks:
+            clicks = clicks[np.linspace(0, len(clicks) - 1, self.max_scribble_clicks).round().astype(int)]
+        prompts = self._current_prompts()
+        (prompts.positive if positive else prompts.negative).extend(list(clicks))
+        lo, hi = pre.min(0), pre.max(0)
+        return self._interact(prompts, (lo + hi) / 2, (int(np.floor(lo[0] + 0.5)), int(np.floor(hi[0] + 0.5)) + 1),
+                              run_prediction, return_mask)
+
+    def add_lasso(self, lasso: np.ndarray, offset: Sequence[int] = (0, 0, 0), run_prediction: bool = True,
+                  return_mask: bool = True):
+        """A lasso: the filled outline (binary (z, y, x), or a crop at ``offset``) on one slice of the image. It goes
+        into the box channel (1 inside the outline): a box is the rectangular case of the same statement, "the
+        object lies in here", and it is the channel the models learnt it on."""
+        self._require_spatial()
+        zyx = self._stroke_voxels(lasso, offset, "lasso")
+        lo_r, hi_r = zyx.min(0), zyx.max(0) + 1  # raw (z, y, x), half-open
+        filled = np.zeros(tuple(hi_r - lo_r), bool)
+        filled[tuple((zyx - lo_r).T)] = True
+        b_lo, b_hi = self._grid.box_to_preprocessed(tuple(lo_r[::-1]), tuple(hi_r[::-1] - 1))
+        # sample the outline at every preprocessed voxel centre of its box (nearest raw voxel; a flat raw axis
+        # stays on its one slice), so it neither leaves holes on a finer grid nor vanishes on a coarser one
+        axes = [np.arange(b_lo[a], b_hi[a] + 1, dtype=float) for a in range(3)]
+        centres = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        raw = np.floor(self._grid.preprocessed_to_raw(centres)[:, ::-1] + 0.5).astype(np.int64) - lo_r
+        raw = np.clip(raw, 0, np.asarray(filled.shape) - 1)
+        inside = filled[tuple(raw.T)].reshape(tuple(len(a) for a in axes))
+        if not inside.any():
+            raise ValueError("The lasso vanishes on the model's grid (smaller than one preprocessed voxel).")
+        prompts = self._current_prompts()
+        prompts.outlines.append((tuple(int(v) for v in b_lo), inside))
+        return self._interact(prompts, (np.asarray(b_lo) + np.asarray(b_hi)) / 2, (int(b_lo[0]), int(b_hi[0]) + 1),
+                              run_prediction, return_mask)
+
+    def add_mask(self, mask: np.ndarray, run_prediction: bool = True, return_mask: bool = True):
+        """A mask prompt (z, y, x) on the image grid, e.g. an automatic contour to correct: it becomes the current
+        result as it is, and (``run_prediction``) the region around its centre is predicted with it."""
+        self._require_spatial()
+        mask = np.asarray(mask)
         if mask.shape != tuple(self._grid.raw_shape_zyx):
             raise ValueError(f"Mask shape {mask.shape} differs from the image's {tuple(self._grid.raw_shape_zyx)} (z, y, x).")
+        mask = mask > 0
         if not mask.any():
             raise ValueError("The mask prompt is empty.")
         pre = self._grid.mask_to_preprocessed(mask, self.predictor.configuration_manager, self._props["spacing"])
         if not pre.any():
             raise ValueError("The mask prompt vanishes on the model's grid (smaller than one preprocessed voxel).")
-        before = (self._prompts, ((0, 0, 0), self._grid.shape), self._logits.clone())
+        everything = ((0, 0, 0), tuple(self._grid.shape))
+        whole = tuple((0, int(s)) for s in self._grid.raw_shape_zyx)
+        before = _Change(self._current_prompts(), everything, self._logits.clone(), whole, self._mask.copy())
+        self._pending = None
         self._logits = torch.where(torch.from_numpy(pre), -BACKGROUND_LOGIT, BACKGROUND_LOGIT).float()
-        z = np.flatnonzero(pre.any(axis=(1, 2)))
-        out = self._interact(self._prompts.copy(), center=np.argwhere(pre).mean(0), z_range=(int(z[0]), int(z[-1]) + 1))
-        self._history[-1] = before  # undo restores the whole volume as it was before the mask
-        return out
+        self._mask = mask.astype(np.uint8)
+        if run_prediction:
+            z = np.flatnonzero(pre.any(axis=(1, 2)))
+            self._interact(before.prompts.copy(), np.argwhere(pre).mean(0), (int(z[0]), int(z[-1]) + 1), True, False)
+            if self.keep_undo:
+                self._history.pop()  # one undo step restores the state before the mask, whole
+        if self.keep_undo:
+            self._history.append(before)
+        self.last_changed_box = whole
+        return self._result(return_mask)
 
-    def undo(self) -> np.ndarray:
+    def predict(self, return_mask: bool = True):
+        """Run the interactions queued with ``run_prediction=False``; None (nothing queued) or as ``add_*``."""
+        self._require_image()
+        if self._pending is None:
+            return None
+        prompts, center, z_range = self._pending
+        self._pending = None
+        return self._interact(prompts, center, z_range, True, return_mask)
+
+    def undo(self, return_mask: bool = True):
+        """Revert the most recent interaction (queued or predicted)."""
+        if self._pending is not None:
+            self._pending = None
+            self.last_changed_box = None
+            return self._result(return_mask)
         if not self._history:
-            raise IndexError("Nothing to undo.")
-        if self._history[-1][0] == "text":
+            raise IndexError("Nothing to undo." if self.keep_undo else "Undo is off for this session (keep_undo=False).")
+        if isinstance(self._history[-1], tuple):  # text
             self._text_logits = self._history.pop()[1]
-            return self.mask
-        prompts, (lo, hi), old = self._history.pop()
-        self._prompts = prompts
-        self._logits[tuple(slice(a, b) for a, b in zip(lo, hi))] = old
-        return self.mask
+            self.last_changed_box = tuple((0, int(s)) for s in self._grid.raw_shape_zyx)
+            return self._result(return_mask)
+        change = self._history.pop()
+        self._prompts = change.prompts
+        self._logits[region_slices(change.region)] = change.logits
+        self._mask[box_slices(change.raw_box)] = change.raw
+        self.last_changed_box = change.raw_box
+        return self._result(return_mask)
 
     @property
     def proposed_points(self) -> List[Tuple[float, ...]]:
@@ -203,23 +322,48 @@ class InteractiveSession:
 
     @property
     def mask(self) -> np.ndarray:
-        """The current object mask on the input image's grid, numpy (z, y, x) uint8 (a label map for text models)."""
+        """The current object mask on the input image's grid, numpy (z, y, x) uint8, a copy (a label map for text
+        models)."""
         self._require_image()
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
         if self.takes_text:  # the dataset's label map
             if self._text_logits is None:
                 return np.zeros(self._grid.raw_shape_zyx, dtype=np.uint8)
+            from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
             seg = convert_predicted_logits_to_segmentation_with_correct_shape(
                 self._text_logits.numpy(), self.predictor.plans_manager, self.predictor.configuration_manager,
                 self.predictor.label_manager, self._props, return_probabilities=False)
             return np.asarray(seg, dtype=np.uint8)
-        logits = torch.stack([torch.zeros_like(self._logits), self._logits]).numpy()
-        seg = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, self.predictor.plans_manager, self.predictor.configuration_manager,
-            object_label_manager(), self._props, return_probabilities=False)
-        return np.asarray(seg, dtype=np.uint8)
+        return self._mask.copy()
+
+    def mask_in(self, box: RawBox) -> np.ndarray:
+        """The current object mask inside ``box`` (z, y, x, half-open), a copy."""
+        self._require_image()
+        if self.takes_text:
+            return self.mask[box_slices(box)]
+        return self._mask[box_slices(box)].copy()
 
     # -------------------------------------------------------------- internals
+    def _result(self, return_mask: bool):
+        return self.mask if return_mask else self.last_changed_box
+
+    def _current_prompts(self) -> _Prompts:
+        return (self._pending[0] if self._pending is not None else self._prompts).copy()
+
+    def _stroke_voxels(self, stroke: np.ndarray, offset: Sequence[int], what: str) -> np.ndarray:
+        stroke = np.asarray(stroke)
+        offset = np.asarray([int(v) for v in offset])
+        shape = np.asarray(self._grid.raw_shape_zyx)
+        if stroke.ndim != 3 or len(offset) != 3:
+            raise ValueError(f"A {what} is a 3D array (z, y, x) with a 3D offset; got shape {stroke.shape}, "
+                             f"offset {list(offset)}.")
+        if np.any(offset < 0) or np.any(offset + stroke.shape > shape):
+            raise ValueError(f"The {what} of shape {list(stroke.shape)} at offset {list(offset)} reaches outside the "
+                             f"image of shape {list(shape)} (z, y, x).")
+        zyx = np.argwhere(stroke > 0)
+        if len(zyx) == 0:
+            raise ValueError(f"The {what} is empty.")
+        return zyx + offset
+
     def _to_voxel(self, d: dict):
         self._require_image()
         return Prompt.from_dict(d).to_voxel(self._geometry)
@@ -232,20 +376,50 @@ class InteractiveSession:
             a, b = np.maximum(np.asarray(blo) - lo, 0), np.minimum(np.asarray(bhi) - lo, np.asarray(shape) - 1)
             if np.all(a <= b):
                 boxes.append((tuple(a), tuple(b)))
-        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        return encode_preprocessed(shape, self._spacing, self.predictor.prompt_encoding,
-                                   positive=[p - lo for p in prompts.positive + prompts.proposed],
-                                   negative=[p - lo for p in prompts.negative],
-                                   boxes=boxes, mask=(self._logits[sl] > 0).numpy())
+        out = encode_preprocessed(shape, self._spacing, self.predictor.prompt_encoding,
+                                  positive=[p - lo for p in prompts.positive + prompts.proposed],
+                                  negative=[p - lo for p in prompts.negative],
+                                  boxes=boxes, mask=(self._logits[region_slices(region)] > 0).numpy())
+        for o_lo, inside in prompts.outlines:  # filled lassos: the part of each inside this region
+            a = np.maximum(np.asarray(o_lo), lo)
+            b = np.minimum(np.asarray(o_lo) + inside.shape, hi)
+            if np.all(a < b):
+                src = inside[tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(a, b, o_lo))]
+                dst = out[BOX][tuple(slice(int(x - l), int(y - l)) for x, y, l in zip(a, b, lo))]
+                dst[torch.from_numpy(np.ascontiguousarray(src))] = 1
+        return out
 
     def _predict_region(self, prompts: _Prompts, region: Region) -> torch.Tensor:
-        sl = tuple(slice(a, b) for a, b in zip(*region))
-        x = torch.cat([self._data[(slice(None), *sl)], self._region_channels(prompts, region)], 0)
+        x = torch.cat([self._data[(slice(None), *region_slices(region))], self._region_channels(prompts, region)], 0)
         with torch.no_grad(), self.predictor._object_output():
             logits = self.predictor.predict_sliding_window_return_logits(x).float().cpu()
         return logits[1] - logits[0]
 
-    def _interact(self, prompts: _Prompts, center, z_range: Tuple[int, int]) -> np.ndarray:
+    def _commit(self, prompts: _Prompts, region: Region, logits: Optional[torch.Tensor],
+                before_logits: Optional[torch.Tensor] = None) -> None:
+        """Write a region's new logits, bring that region alone back to the image grid, and record the undo."""
+        sl = region_slices(region)
+        old_logits = (before_logits if before_logits is not None else self._logits)[sl].clone()
+        if logits is not None:
+            self._logits[sl] = logits
+        raw_box, raw = self._export.object_mask(self._logits, region)
+        if self.keep_undo:
+            self._history.append(_Change(self._prompts, region, old_logits, raw_box,
+                                         self._mask[box_slices(raw_box)].copy()))
+        self._mask[box_slices(raw_box)] = raw
+        self._prompts = prompts
+        self.last_region = region
+        self.last_changed_box = raw_box
+
+    def _interact(self, prompts: _Prompts, center, z_range: Tuple[int, int], run_prediction: bool,
+                  return_mask: bool):
+        if not run_prediction:  # queue it: predict() runs the queued interactions at once, around the latest
+            if self._pending is not None:
+                z_range = (min(z_range[0], self._pending[2][0]), max(z_range[1], self._pending[2][1]))
+            self._pending = (prompts, np.asarray(center, dtype=float), z_range)
+            self.last_changed_box = None
+            return self._result(return_mask)
+        self._pending = None
         t0 = time.perf_counter()
         shape = self._grid.shape
         if self.slice_wise:  # the prompt's slices, whole; growth only in-plane (there is nothing to grow)
@@ -255,36 +429,29 @@ class InteractiveSession:
         else:
             region = region_around(center, self.patch, shape)
             growth = self.patch
-        for attempt in range(self.max_growth + 1):
+        max_growth = self.max_growth if self.grow else 0
+        for attempt in range(max_growth + 1):
             diff = self._predict_region(prompts, region)
-            bigger = grown_region(region, (diff > 0).numpy(), growth, shape) if attempt < self.max_growth else None
+            bigger = grown_region(region, (diff > 0).numpy(), growth, shape) if attempt < max_growth else None
             if bigger is None:
                 break
             region = bigger
-        sl = tuple(slice(a, b) for a, b in zip(*region))
-        self._history.append((self._prompts, region, self._logits[sl].clone()))
-        self._prompts = prompts
-        self._logits[sl] = diff
-        self.last_region = region
+        self._commit(prompts, region, diff)
         self.last_latency_ms = 1000 * (time.perf_counter() - t0)
-        return self.mask
+        return self._result(return_mask)
 
-    def _interact_cross_patch(self, prompts: _Prompts, center) -> np.ndarray:
+    def _interact_cross_patch(self, prompts: _Prompts, center) -> None:
         """A positive click with cross-patch propagation: the patch around it, then the proposed neighbours."""
         t0 = time.perf_counter()
         shape = self._grid.shape
-        before_prompts, before_logits = self._prompts, self._logits.clone()
+        before_logits = self._logits.clone()
         region = region_around(center, self.patch, shape)
-        self._logits[tuple(slice(a, b) for a, b in zip(*region))] = self._predict_region(prompts, region)
+        self._logits[region_slices(region)] = self._predict_region(prompts, region)
 
         def segment(r, click):
             prompts.proposed.append(np.asarray(click, dtype=float))
             return self._predict_region(prompts, r)
 
         self.last_propagation = self.cross_patch.run(self._data, self._logits, region, segment)
-        touched = bounding_region(self.last_propagation.regions)
-        self._history.append((before_prompts, touched, before_logits[tuple(slice(a, b) for a, b in zip(*touched))]))
-        self._prompts = prompts
-        self.last_region = touched
+        self._commit(prompts, bounding_region(self.last_propagation.regions), None, before_logits)
         self.last_latency_ms = 1000 * (time.perf_counter() - t0)
-        return self.mask
