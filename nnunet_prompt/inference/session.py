@@ -77,17 +77,27 @@ class _Change:
     raw: np.ndarray
 
 
+def load_session_predictor(model_folder: str, fold: Union[int, str] = 0, device: Union[str, torch.device] = "cpu",
+                           checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False) -> PromptPredictor:
+    """The trained prompt model of one fold, loaded once, in eval mode, as sessions use it."""
+    predictor = PromptPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
+                                perform_everything_on_device=True, device=torch.device(device), verbose=False,
+                                allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint_name)
+    predictor.network.load_state_dict(predictor.list_of_parameters[0])
+    predictor.network.eval()
+    return predictor
+
+
 class InteractiveSession:
     def __init__(self, model_folder: str, fold: Union[int, str] = 0, device: Union[str, torch.device] = "cpu",
                  checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, max_growth: int = 3,
                  cross_patch: bool = False, cross_patch_threshold: float = 0.5, max_patches: int = 27,
-                 cross_patch_require_contact: bool = True, keep_undo: bool = True, max_scribble_clicks: int = 64):
-        self.predictor = PromptPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
-                                         perform_everything_on_device=True, device=torch.device(device),
-                                         verbose=False, allow_tqdm=False)
-        self.predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint_name)
-        self.predictor.network.load_state_dict(self.predictor.list_of_parameters[0])
-        self.predictor.network.eval()
+                 cross_patch_require_contact: bool = True, keep_undo: bool = True, max_scribble_clicks: int = 64,
+                 predictor: Optional[PromptPredictor] = None):
+        """``predictor``: one made by ``load_session_predictor`` to share a loaded model between sessions (the
+        server: one network, one session per client); the caller then serialises the sessions' predictions."""
+        self.predictor = predictor or load_session_predictor(model_folder, fold, device, checkpoint_name, use_mirroring)
         self.patch = [int(p) for p in self.predictor.configuration_manager.patch_size]
         self.slice_wise = len(self.patch) == 2  # a 2d configuration: see the module doc
         self.max_growth = max_growth
@@ -104,6 +114,7 @@ class InteractiveSession:
         self.last_latency_ms: Optional[float] = None
         self.last_region: Optional[Region] = None
         self.last_changed_box: Optional[RawBox] = None
+        self.last_predicted_box: Optional[RawBox] = None  # raw box of the last region the network predicted
         self._data = None
 
     # ------------------------------------------------------------------ image
@@ -161,7 +172,7 @@ class InteractiveSession:
         self._history: List[Union[_Change, tuple]] = []
         self._pending: Optional[Tuple[_Prompts, np.ndarray, Tuple[int, int]]] = None
         self._text_logits: Optional[torch.Tensor] = None
-        self.last_changed_box = None
+        self.last_changed_box = self.last_predicted_box = None
 
     @property
     def takes_text(self) -> bool:
@@ -409,7 +420,7 @@ class InteractiveSession:
         self._mask[box_slices(raw_box)] = raw
         self._prompts = prompts
         self.last_region = region
-        self.last_changed_box = raw_box
+        self.last_changed_box = self.last_predicted_box = raw_box
 
     def _interact(self, prompts: _Prompts, center, z_range: Tuple[int, int], run_prediction: bool,
                   return_mask: bool):
