@@ -3,6 +3,8 @@ from setuptools import setup
 # The product layout keeps trainers/, planners/ and datasets_conversion/ as top-level folders of the
 # repository. They are installed as their own packages so that `pip install .` (not only editable
 # installs) gives nnU-Net a real folder to point `nnUNet_extTrainer` at (see `nnunet-prompt trainer-path`).
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "nninteractive-client>=2.5.1,<3"]
+
 setup(
     name="nnunet-prompt",
     version="0.1.0",
@@ -21,6 +23,7 @@ setup(
         "nnunet_prompt.text",
         "nnunet_prompt.networks",
         "nnunet_prompt.sam",
+        "nnunet_prompt.serve",
         "nnunet_prompt_trainers",
         "nnunet_prompt_planners",
         "nnunet_prompt_datasets",
@@ -51,6 +54,10 @@ setup(
         "pyyaml",
         "scikit-image",
     ],
-    extras_require={"test": ["pytest", "rt-utils", "nibabel"]},
+    extras_require={
+        # `nnunet-prompt serve`: an ASGI stack and the wire format of nnInteractive's torch-free client
+        "serve": SERVE,
+        "test": ["pytest", "rt-utils", "nibabel", *SERVE],
+    },
     entry_points={"console_scripts": ["nnunet-prompt=nnunet_prompt.cli:main"]},
 )

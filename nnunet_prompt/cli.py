@@ -203,6 +203,55 @@ def _cross_patch_arguments(s, what: str) -> None:
     s.add_argument("--max-patches", type=int, default=27,
                    help="at most this many patches per click with --cross-patch (default 27)")
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _cmd_serve(a) -> None:
+    if a.host not in LOOPBACK and not a.api_key:
+        raise SystemExit(f"nnunet-prompt serve: refusing to listen on {a.host} without an API key: anyone who reaches "
+                         f"the port could use the model and read the images sent to it. Give --api-key KEY (or set "
+                         f"NN_INTERACTIVE_API_KEY), or listen on 127.0.0.1 and use an SSH tunnel.")
+    try:
+        import uvicorn
+        from nnunet_prompt.serve.app import make_app
+    except ImportError as e:
+        raise SystemExit(f"nnunet-prompt serve needs the server extras ({e.name} is missing): "
+                         f"pip install 'nnunet-prompt[serve]'")
+    from nnunet_prompt.inference.session import InteractiveSession, load_session_predictor
+    from nnunet_prompt.nnunet_env import ensure_trainer_path_registered
+    from nnunet_prompt.serve.interactions import InteractionRefused, model_capabilities
+    ensure_trainer_path_registered()
+    if a.model_folder:
+        folder = a.model_folder
+    else:
+        if not a.d:
+            raise SystemExit("nnunet-prompt serve: give MODEL_FOLDER or -d DATASET (with -tr/-p/-c).")
+        from nnunet_prompt.nnunet_env import dataset_name, require_folders
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+        require_folders("nnUNet_results")
+        folder = get_output_folder(dataset_name(a.d), a.tr, a.p, a.c)
+    fold = a.f if a.f == "all" else int(a.f)
+    predictor = load_session_predictor(folder, fold, a.device, a.chk)
+    try:
+        supported = model_capabilities(predictor)
+    except InteractionRefused as e:
+        raise SystemExit(f"nnunet-prompt serve: {e}")
+
+    def new_session():
+        return InteractiveSession(folder, fold, a.device, a.chk, cross_patch=a.cross_patch,
+                                  cross_patch_threshold=a.cross_patch_threshold, max_patches=a.max_patches,
+                                  keep_undo=not a.no_undo, predictor=predictor)
+
+    new_session()  # fail now, not at the first client, if the session cannot be made (e.g. --cross-patch)
+    app = make_app(new_session, predictor, supported, a.api_key, a.max_sessions, a.idle_timeout,
+                   a.liveness_timeout, undo=not a.no_undo)
+    takes = ", ".join(k for k, v in supported.items() if v)
+    print(f"nnunet-prompt serve: {predictor.trainer_name} from {folder} (fold {a.f}, {a.device}); takes: {takes}")
+    print(f"serving on http://{a.host}:{a.port}  (API key {'required' if a.api_key else 'off'}; "
+          f"up to {a.max_sessions} session(s))", flush=True)
+    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
+
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet-prompt", description="Prompted segmentation on top of nnU-Net v2. "
@@ -331,6 +380,35 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the old plans.json is kept as plans.before_upgrade.json.")
     s.add_argument("model_folder", nargs="+", help="nnU-Net model folder(s): .../DatasetXXX/TRAINER__PLANS__CONFIG")
     s.set_defaults(func=_cmd_upgrade_model)
+
+    s = sub.add_parser("serve", help="serve a prompt model to 3D Slicer / napari (nnInteractive's remote protocol)",
+                       description="Serve a trained prompt model over nnInteractive's HTTP protocol, so 3D Slicer's "
+                                   "nnInteractive extension, napari-nninteractive and nninteractive-client can drive "
+                                   "it. See docs/how_to/viewers.md.")
+    s.add_argument("model_folder", nargs="?", default=None,
+                   help="the trained model folder (or give -d/-tr/-p/-c as for `nnunet-prompt predict`)")
+    s.add_argument("-d", default=None, help="dataset id or name (instead of MODEL_FOLDER)")
+    s.add_argument("-tr", default="PromptTrainer")
+    s.add_argument("-p", default="nnUNetPlans")
+    s.add_argument("-c", default="3d_fullres")
+    s.add_argument("-f", default="0", help="the fold to serve (or 'all'); default 0")
+    s.add_argument("-chk", default="checkpoint_final.pth")
+    s.add_argument("--device", default="cuda", help="torch device: cuda, cuda:1, cpu (default cuda)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=1527, help="TCP port (default 1527, as nnInteractive)")
+    s.add_argument("--api-key", default=os.environ.get("NN_INTERACTIVE_API_KEY"),
+                   help="bearer token every request must carry (default: $NN_INTERACTIVE_API_KEY); required for a "
+                        "non-loopback --host")
+    s.add_argument("--max-sessions", type=int, default=4, help="clients served at once (default 4)")
+    s.add_argument("--idle-timeout", type=float, default=600.0,
+                   help="seconds without a user action before a session is reaped (default 600)")
+    s.add_argument("--liveness-timeout", type=float, default=60.0,
+                   help="seconds without any request (heartbeats included) before a crashed client's session is "
+                        "reaped (default 60)")
+    s.add_argument("--no-undo", action="store_true", help="keep no undo history (less memory per session)")
+    _cross_patch_arguments(s, "each positive click")
+    s.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
+    s.set_defaults(func=_cmd_serve)
     return p
 
 
