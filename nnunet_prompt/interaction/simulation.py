@@ -31,7 +31,7 @@ INITIAL_PROMPT_TYPES = ("clicks", "box", "box+clicks")
 
 @dataclass(frozen=True)
 class SimulationPolicy:
-    """How the simulated user behaves. Defaults follow seeds 001/002."""
+    """How the simulated user behaves. Defaults follow CT-SAM3D and the MedSAM study."""
     num_rounds: int = 5                      # CT-SAM3D: 5 interaction rounds per batch
     initial_types: Tuple[str, ...] = INITIAL_PROMPT_TYPES
     max_initial_clicks: int = 3              # 1..max random clicks in the target
