@@ -90,6 +90,11 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
         except LeaseGone as e:
             raise HTTPProblem(410, str(e))
 
+    def client(request: Request) -> Lease:
+        """The key check and the lease of a real action, which every session endpoint starts with."""
+        check_key(request)
+        return lease_of(request)
+
     async def json_body(request: Request) -> dict:
         raw = await request.body()
         if not raw:
@@ -206,8 +211,7 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
     # ------------------------------------------------------------------ image and buffer
     @app.post(P.PATH_SET_IMAGE)
     async def set_image(request: Request) -> dict:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         meta, image = await array_body(request, "image")
         if image.ndim != 4:
             raise _bad(f"the image must be 4D [channels, a0, a1, a2], got shape {list(image.shape)}")
@@ -232,8 +236,7 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
 
     @app.post(P.PATH_SET_TARGET_BUFFER)
     async def set_target_buffer(request: Request) -> dict:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         body = await json_body(request)
         shape, dtype = body.get("shape"), body.get("dtype")
         if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
@@ -256,8 +259,7 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
 
     @app.post(P.PATH_SET_DO_AUTOZOOM)
     async def set_do_autozoom(request: Request) -> dict:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         on = flag(await json_body(request), "do_autozoom", True)
 
         def do(session):
@@ -267,14 +269,12 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
 
     @app.post(P.PATH_RESET_INTERACTIONS)
     async def reset_interactions(request: Request) -> dict:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         return await in_session(lease, lambda s: (s.reset(), {"ok": True})[1], predicts=False)
 
     @app.post(P.PATH_UNDO)
     async def undo_(request: Request) -> Response:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         if not undo:
             return reply(lease, None, None)
 
@@ -287,8 +287,7 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
 
     @app.post(P.PATH_PREDICT)
     async def predict(request: Request) -> Response:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         await json_body(request)
 
         def do(session):
@@ -297,13 +296,9 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
         return await in_session(lease, do, predicts=True)
 
     # ------------------------------------------------------------------ interactions
-    def after(session, box, run: bool):
-        return box if run else None
-
     @app.post(P.PATH_ADD_POINT)
     async def add_point(request: Request) -> Response:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         body = await json_body(request)
         positive, run = flag(body, "include_interaction", True), flag(body, "run_prediction", True)
         require(supported, "points", trainer, flag(body, "override_capability_checks", False))
@@ -311,13 +306,12 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
         def do(session):
             xyz = point_to_xyz(body.get("coordinates"), need_image_and_buffer(lease, session))
             box = session.add_point(xyz, positive=positive, run_prediction=run, return_mask=False)
-            return reply(lease, session, after(session, box, run))
+            return reply(lease, session, box)
         return await in_session(lease, do, predicts=run)
 
     @app.post(P.PATH_ADD_BBOX)
     async def add_bbox(request: Request) -> Response:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         body = await json_body(request)
         positive, run = flag(body, "include_interaction", True), flag(body, "run_prediction", True)
         override = flag(body, "override_capability_checks", False)
@@ -330,12 +324,11 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
             flat = sum(a == b for a, b in zip(lo, hi))
             require(supported, "bbox2d" if flat else "bbox3d", trainer, override)
             box = session.add_box(lo, hi, run_prediction=run, return_mask=False)
-            return reply(lease, session, after(session, box, run))
+            return reply(lease, session, box)
         return await in_session(lease, do, predicts=run)
 
     async def stroke(request: Request, kind: str) -> Response:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         meta, mask = await array_body(request, kind)
         positive, run = flag(meta, "include_interaction", True), flag(meta, "run_prediction", True)
         require(supported, kind, trainer, flag(meta, "override_capability_checks", False))
@@ -350,7 +343,7 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
                                            return_mask=False)
             else:
                 box = session.add_lasso(mask, offset=offset, run_prediction=run, return_mask=False)
-            return reply(lease, session, after(session, box, run))
+            return reply(lease, session, box)
         return await in_session(lease, do, predicts=run)
 
     @app.post(P.PATH_ADD_SCRIBBLE)
@@ -363,8 +356,7 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
 
     @app.post(P.PATH_ADD_INITIAL_SEG)
     async def add_initial_seg(request: Request) -> Response:
-        check_key(request)
-        lease = lease_of(request)
+        lease = client(request)
         meta, seg = await array_body(request, "initial segmentation")
         run = flag(meta, "run_prediction", False)
         require(supported, "initial_seg", trainer, flag(meta, "override_capability_checks", False))
