@@ -8,7 +8,7 @@ Latency does not depend on the weights, so no training is needed: nnU-Net plans 
 U-Net topology), and a PromptTrainer network with random weights is saved as a regular model folder
 (plans.json with the model record, dataset.json, fold_0/checkpoint_final.pth), which the session loads
 through its normal code path. One click = network on the region + growth check + paste, without
-mirroring (the session's default), after warm-up clicks; the full-volume mask export is not included.
+mirroring (the session's default), after warm-up clicks; the reply's mask is not copied out.
 """
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ import sys
 from common import nnunet_workdir, report
 
 
-def make_model_folder(work: str, patch: int, size: int, device: str) -> str:
+def make_model_folder(work: str, patch, shape_xyz, spacing_xyz=(1.0, 1.0, 1.0), dataset_id: int = 996):
+    """A random-weight PromptTrainer model folder planned by nnU-Net on phantoms of ``shape_xyz`` at
+    ``spacing_xyz``; ``patch`` (z, y, x), an int for a cube, or None for the planner's own patch size.
+    Returns (model folder, a test image path, the configuration manager)."""
     import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, plan_experiment_dataset
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -34,15 +37,16 @@ def make_model_folder(work: str, patch: int, size: int, device: str) -> str:
     from nnunet_prompt.training.prompt_trainer import PromptTrainerBase
     from nnunet_prompt_datasets.synthetic_hn import generate_synthetic_hn_dataset
 
-    did = 996
+    did = dataset_id
     raw = generate_synthetic_hn_dataset(os.environ["nnUNet_raw"], did, "Latency", num_training=2, num_test=1,
-                                        shape_xyz=(size, size, size), spacing_xyz=(1.0, 1.0, 1.0))
+                                        shape_xyz=tuple(shape_xyz), spacing_xyz=tuple(spacing_xyz))
     pre = os.path.join(os.environ["nnUNet_preprocessed"], os.path.basename(raw))
     if not os.path.isfile(os.path.join(pre, "nnUNetPlans.json")):
         extract_fingerprint_dataset(did, num_processes=2, show_progress_bar=False, verbose=False)
         plan_experiment_dataset(did)
     plans = json.load(open(os.path.join(pre, "nnUNetPlans.json")))
-    plans["configurations"]["3d_fullres"]["patch_size"] = [patch] * 3
+    if patch is not None:
+        plans["configurations"]["3d_fullres"]["patch_size"] = [patch] * 3 if isinstance(patch, int) else list(patch)
     dataset_json = json.load(open(os.path.join(raw, "dataset.json")))
     # the record a PromptTrainer would write (the network is rebuilt from the plans alone)
     put_record(plans, ModelRecord(trainer="PromptTrainer", prompt_encoding=PromptTrainerBase.prompt_encoding.to_dict(),
@@ -50,7 +54,7 @@ def make_model_folder(work: str, patch: int, size: int, device: str) -> str:
     pm = PlansManager(plans)
     cm = pm.get_configuration("3d_fullres")
     net = PromptTrainerBase.build_network_architecture(pm, cm, 1, 2, enable_deep_supervision=False)
-    folder = os.path.join(work, f"model_patch{patch}")
+    folder = os.path.join(work, "model_patch" + "x".join(map(str, cm.patch_size)))
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     os.makedirs(os.path.join(folder, "fold_0"))
@@ -79,14 +83,14 @@ def main(argv=None):
 
     rows = []
     for patch in a.patch:
-        folder, image, cm = make_model_folder(work, patch, a.size, a.device)
+        folder, image, cm = make_model_folder(work, patch, (a.size,) * 3)
         s = InteractiveSession(folder, fold=0, device=a.device, max_growth=0)
         s.set_image(image)
         rng = np.random.default_rng(0)
         times = []
         for i in range(a.warmup + a.clicks):
             x, y, z = (int(v) for v in rng.integers(patch // 2, a.size - patch // 2, 3))
-            s._interact(s._prompts.copy(), center=s._grid.raw_to_preprocessed((x, y, z)))
+            s.add_point((x, y, z), return_mask=False)
             if i >= a.warmup:
                 times.append(s.last_latency_ms)
         rows.append((patch, statistics.median(times), min(times), max(times), cm.network_arch_init_kwargs["features_per_stage"]))

@@ -112,6 +112,7 @@ class InteractiveSession:
         self.last_propagation: Optional[Propagation] = None
         self.num_preprocessing_runs = 0
         self.last_latency_ms: Optional[float] = None
+        self.last_network_ms: Optional[float] = None  # of last_latency_ms, the network's share
         self.last_region: Optional[Region] = None
         self.last_changed_box: Optional[RawBox] = None
         self.last_predicted_box: Optional[RawBox] = None  # raw box of the last region the network predicted
@@ -279,6 +280,7 @@ class InteractiveSession:
         mask = mask > 0
         if not mask.any():
             raise ValueError("The mask prompt is empty.")
+        self.last_network_ms = None
         pre = self._grid.mask_to_preprocessed(mask, self.predictor.configuration_manager, self._props["spacing"])
         if not pre.any():
             raise ValueError("The mask prompt vanishes on the model's grid (smaller than one preprocessed voxel).")
@@ -309,6 +311,7 @@ class InteractiveSession:
 
     def undo(self, return_mask: bool = True):
         """Revert the most recent interaction (queued or predicted)."""
+        self.last_network_ms = None
         if self._pending is not None:
             self._pending = None
             self.last_changed_box = None
@@ -402,8 +405,10 @@ class InteractiveSession:
 
     def _predict_region(self, prompts: _Prompts, region: Region) -> torch.Tensor:
         x = torch.cat([self._data[(slice(None), *region_slices(region))], self._region_channels(prompts, region)], 0)
+        t0 = time.perf_counter()
         with torch.no_grad(), self.predictor._object_output():
             logits = self.predictor.predict_sliding_window_return_logits(x).float().cpu()
+        self.last_network_ms = (self.last_network_ms or 0.0) + 1000 * (time.perf_counter() - t0)
         return logits[1] - logits[0]
 
     def _commit(self, prompts: _Prompts, region: Region, logits: Optional[torch.Tensor],
@@ -432,6 +437,7 @@ class InteractiveSession:
             return self._result(return_mask)
         self._pending = None
         t0 = time.perf_counter()
+        self.last_network_ms = 0.0
         shape = self._grid.shape
         if self.slice_wise:  # the prompt's slices, whole; growth only in-plane (there is nothing to grow)
             z0, z1 = max(0, z_range[0]), min(int(shape[0]), z_range[1])
@@ -454,6 +460,7 @@ class InteractiveSession:
     def _interact_cross_patch(self, prompts: _Prompts, center) -> None:
         """A positive click with cross-patch propagation: the patch around it, then the proposed neighbours."""
         t0 = time.perf_counter()
+        self.last_network_ms = 0.0
         shape = self._grid.shape
         before_logits = self._logits.clone()
         region = region_around(center, self.patch, shape)

@@ -154,8 +154,11 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
         import blosc2
         values = session.mask_in(box).astype(lease.buffer[1], copy=False)
         meta = {"ran_prediction": True, "bbox": [[int(a), int(b)] for a, b in box]}
+        headers = {P.META_HEADER: json.dumps(meta, separators=(",", ":"))}
+        if session.last_network_ms is not None:  # the standard Server-Timing header: what a reply's time went to
+            headers["Server-Timing"] = f"network;dur={session.last_network_ms:.1f}, session;dur={session.last_latency_ms:.1f}"
         return Response(pack_array(values, filters=[blosc2.Filter.NOFILTER]), media_type=P.CONTENT_TYPE_OCTET_STREAM,
-                        headers={P.META_HEADER: json.dumps(meta, separators=(",", ":"))})
+                        headers=headers)
 
     def need_image_and_buffer(lease: Lease, session) -> tuple:
         if session._data is None:
