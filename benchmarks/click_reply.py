@@ -132,6 +132,8 @@ def main(argv=None):
                    help="image sizes z x y x x (default: %(default)s)")
     p.add_argument("--image-spacing", type=float, nargs=3, default=(0.7, 0.7, 2.5), metavar=("X", "Y", "Z"),
                    help="the images' spacing in mm; the model is planned at 0.8 x 0.8 x 2.5 (default: %(default)s)")
+    p.add_argument("--phantom", type=int, nargs=3, default=(96, 96, 32), metavar=("X", "Y", "Z"),
+                   help="size of the phantoms nnU-Net plans the model on; its patch and U-Net follow (default: %(default)s)")
     p.add_argument("--clicks", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-http", action="store_true", help="in-process only")
@@ -140,7 +142,7 @@ def main(argv=None):
 
     work = nnunet_workdir()
     import torch
-    folder, _, cm = make_model_folder(work, None, (96, 96, 32), (0.8, 0.8, 2.5), dataset_id=995)
+    folder, _, cm = make_model_folder(work, None, a.phantom, (0.8, 0.8, 2.5), dataset_id=995)
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes]
     rows = {}
     for shape in sizes:  # in-process first, then the server, so that they never share the cores
@@ -162,8 +164,9 @@ def main(argv=None):
     patch = "x".join(map(str, cm.patch_size))
     lines = [f"### Click -> reply, {datetime.date.today().isoformat()}, {dev}", "",
              f"`python benchmarks/click_reply.py --device {a.device} --sizes {' '.join(a.sizes)} --image-spacing "
-             f"{' '.join(map(str, a.image_spacing))} --clicks {a.clicks}`; torch {torch.__version__}; random-weight "
-             f"PromptTrainer planned at 0.8 x 0.8 x 2.5 mm, patch {patch} (z, y, x), no mirroring, autozoom off; "
+             f"{' '.join(map(str, a.image_spacing))} --phantom {' '.join(map(str, a.phantom))} --clicks {a.clicks}`; torch {torch.__version__}; random-weight "
+             f"PromptTrainer planned at 0.8 x 0.8 x 2.5 mm, patch {patch} (z, y, x), U-Net features "
+             f"{cm.network_arch_init_kwargs['features_per_stage']}, no mirroring, autozoom off; "
              f"median of {a.clicks} clicks after {a.warmup} warm-up", "",
              "| image (z x y x x) | preprocessed | set_image s (in-process / HTTP) | network ms | in-process reply ms "
              "| ratio | server's network ms | HTTP reply ms | ratio |", "|---|---|---|---|---|---|---|---|---|"]

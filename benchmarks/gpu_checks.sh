@@ -23,6 +23,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUTDIR/d
 run trainer_step $PY benchmarks/trainer_step.py --device cuda --plans default --iters 200
 # per-click latency of the interactive session (targets 60 / 160 ms at 128^3 / 192^3)
 run session_latency $PY benchmarks/session_latency.py --device cuda --patch 128 192 --clicks 30
+# issue 13: click -> reply in-process and over HTTP (nnunet-prompt serve), 64^3 .. 300x512x512
+run click_reply $PY benchmarks/click_reply.py --device cuda --clicks 10
 # issue 7: ViT-B SAM with LoRA at 512 px next to nnU-Net's 2D U-Net
 run sam_lora_step $PY benchmarks/sam_lora_step.py --device cuda --size 512 --iters 300
 # issue 8: 3D-adapted ViT-B at 128^3, DistillTrainer, teacher vs student inference

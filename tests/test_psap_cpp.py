@@ -233,3 +233,35 @@ def test_predict_cli_cross_patch(cpp_trained, trained, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(args + ["-o", str(tmp_path / "out2"), "-tr", "PromptTrainer_demo", "--cross-patch"])
     assert e.value.code == 2 and not os.path.exists(tmp_path / "out2" / f"{case}.nii.gz")
+
+
+def test_serve_offers_a_click_model_clicks_only(cpp_trained):
+    """`nnunet-prompt serve` on PSAP (trained on clicks only): /capabilities does not offer boxes or lassos, a box
+    from the real client gets a 400 naming the refusal, and the session goes on serving clicks (with CPP)."""
+    import httpx
+    from nnInteractive.inference.remote import nnInteractiveRemoteInferenceSession
+    from conftest import start_server
+    case, image, label = _test_case(cpp_trained["raw"])
+    proc, url = start_server(cpp_trained, "--cross-patch")
+    try:
+        remote = nnInteractiveRemoteInferenceSession(url)
+        try:
+            assert remote.supported_interactions == {"points": True, "scribble": True, "bbox2d": False,
+                                                     "bbox3d": False, "lasso": False}
+            img = sitk.ReadImage(image)
+            remote.set_image(sitk.GetArrayFromImage(img)[None].astype(np.float32),
+                             {"spacing": list(img.GetSpacing()[::-1])})
+            buffer = np.zeros(label.shape, np.uint8)
+            remote.set_target_buffer(buffer)
+            z, y, x = (int(v) for v in np.argwhere(label > 0).mean(0).round())
+            with pytest.raises(httpx.HTTPStatusError) as e:
+                remote.add_bbox_interaction([[z, z + 1], [y - 2, y + 2], [x - 2, x + 2]], include_interaction=True)
+            assert e.value.response.status_code == 400
+            assert "does not take 'bbox2d'" in e.value.response.json()["detail"]
+            assert not buffer.any(), "a refused box changes nothing"
+            assert remote.add_point_interaction([z, y, x], include_interaction=True) is not None
+        finally:
+            remote.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)

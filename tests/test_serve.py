@@ -5,7 +5,6 @@ reply the client writes into its target buffer must equal what an in-process Int
 same prompts."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,41 +19,16 @@ from nnInteractive.inference.remote import (ServerAtCapacityError, SessionExpire
                                             nnInteractiveRemoteInferenceSession)
 from nnInteractive.inference.remote.serialization import pack_array
 
-from conftest import console_script
+from conftest import console_script, start_server
 from nnunet_prompt.inference.session import InteractiveSession
 
 KEY = "test-key-0123"
 MAX_SESSIONS = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(trained, *extra):
-    port = _free_port()
-    proc = subprocess.Popen([console_script("nnunet-prompt"), "serve", trained["folder"], "-f", "0", "--device", "cpu",
-                             "--port", str(port), *extra], env=trained["env"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError("the server exited: " + proc.stdout.read()[-4000:])
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the server did not come up")
-
-
 @pytest.fixture(scope="module")
 def server(trained):
-    proc, url = _start(trained, "--api-key", KEY, "--max-sessions", str(MAX_SESSIONS))
+    proc, url = start_server(trained, "--api-key", KEY, "--max-sessions", str(MAX_SESSIONS))
     yield url
     proc.terminate()
     proc.wait(30)
@@ -93,9 +67,14 @@ def test_client_buffer_equals_the_session_for_every_interaction(trained, server)
         def same(what):
             np.testing.assert_array_equal(buffer, local.mask, err_msg=what)
 
+        timings = []
+        remote._http.event_hooks["response"].append(lambda r: timings.append(r.headers.get("Server-Timing")))
         bbox = remote.add_point_interaction([z, y, x], include_interaction=True)
         local.add_point((x, y, z), positive=True)
         same("positive point")
+        network_ms = float(timings[-1].split("network;dur=")[1].split(",")[0])
+        session_ms = float(timings[-1].split("session;dur=")[1])
+        assert 0 < network_ms <= session_ms, "the reply says what its time went to"
         assert buffer.any(), "a click in the object gives an object"
         assert [tuple(b) for b in bbox] == list(local.last_changed_box), "the reply is the box the click changed"
         remote.add_point_interaction([z, y, min(x + 4, label.shape[2] - 1)], include_interaction=False)
@@ -124,6 +103,7 @@ def test_client_buffer_equals_the_session_for_every_interaction(trained, server)
         assert remote.undo() is True
         local.undo()
         same("undo")
+        assert timings[-1] is None, "an undo runs no network, and its reply does not say it did"
         # queued interactions, then one prediction
         assert remote.add_point_interaction([z, y, x], True, run_prediction=False) is None
         local.add_point((x, y, z), run_prediction=False)
