@@ -23,6 +23,7 @@ from conftest import console_script, start_server
 from nnunet_prompt.inference.session import InteractiveSession
 
 KEY = "test-key-0123"
+_LOADING = threading.Lock()
 MAX_SESSIONS = 3
 
 
@@ -46,11 +47,16 @@ def _pair(trained, server, i=0):
     """A remote session (the real client) and an in-process session on the same image."""
     image, spacing_xyz, label = _case(trained, i)
     remote = nnInteractiveRemoteInferenceSession(server, api_key=KEY)
-    remote.set_image(image[None], {"spacing": list(spacing_xyz[::-1])})
-    buffer = np.zeros(image.shape, np.uint8)
-    remote.set_target_buffer(buffer)
-    local = InteractiveSession(trained["folder"], fold=0, device="cpu")
-    local.set_image(image, spacing=spacing_xyz)
+    try:
+        remote.set_image(image[None], {"spacing": list(spacing_xyz[::-1])})
+        buffer = np.zeros(image.shape, np.uint8)
+        remote.set_target_buffer(buffer)
+        with _LOADING:  # nnU-Net's trainer lookup walks sys.modules: not safe from two threads at once
+            local = InteractiveSession(trained["folder"], fold=0, device="cpu")
+        local.set_image(image, spacing=spacing_xyz)
+    except BaseException:
+        remote.close()  # a lease left behind would count against the next test's capacity
+        raise
     return remote, buffer, local, label
 
 
