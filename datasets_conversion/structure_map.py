@@ -57,11 +57,28 @@ class StructureMap:
         labels, aliases = {}, {}
         for position, (label, entry) in enumerate(data["labels"].items(), start=1):
             if isinstance(entry, dict):
-                labels[label] = int(entry.get("value", position))
-                aliases[label] = [str(a) for a in entry.get("aliases", [])]
+                value = entry.get("value", position)
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConversionError(f"label '{label}' has 'value' {value!r}; a label value is a whole number.",
+                                          file=source, fix="write e.g. 'value: 2', or drop it to number labels by "
+                                                           "their order.")
+                labels[label] = value
+                raw_aliases = entry.get("aliases", [])
             else:
                 labels[label] = position
-                aliases[label] = [str(a) for a in (entry or [])]
+                raw_aliases = entry or []
+            if not isinstance(raw_aliases, list):
+                raise ConversionError(f"label '{label}' needs a list of aliases, got {raw_aliases!r}.", file=source,
+                                      fix="write e.g. 'GTVp: [GTVp, GTV_P]'.")
+            aliases[label] = [str(a) for a in raw_aliases]
+            for a in aliases[label]:
+                if a.startswith("re:"):
+                    try:
+                        re.compile(a[3:])
+                    except re.error as e:
+                        raise ConversionError(f"alias '{a}' of label '{label}' is not a valid regular expression "
+                                              f"({e}).", file=source, fix="correct the pattern after 're:' (Python "
+                                                                          "regular expression syntax).") from None
         values = sorted(labels.values())
         if values != list(range(1, len(values) + 1)):
             raise ConversionError(f"label values {dict(sorted(labels.items(), key=lambda kv: kv[1]))} would not be "

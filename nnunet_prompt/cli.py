@@ -7,6 +7,54 @@ import sys
 from typing import Optional, Sequence
 
 
+def _step_size(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: the sliding-window step is a fraction of the patch size, "
+                                         f"0 < step <= 1 (nnU-Net's default 0.5)")
+    return v
+
+
+def _fold(value: str):
+    if value == "all":
+        return value
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: a fold is a number (0, 1, ...) or 'all'") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: folds are numbered from 0 (fold_0, fold_1, ...) or 'all'")
+    return v
+
+
+def _positive_int(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number of at least 1")
+    return v
+
+
+def _device(name: str) -> str:
+    """'auto' -> cuda if torch sees a GPU, else cpu; said on stdout, so a log shows where a run ran."""
+    if name == "auto":
+        import torch
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"nnunet-prompt: device: {name} (-device auto)")
+    elif name.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            from nnunet_prompt.io_utils import InputFileError
+            raise InputFileError(f"-device {name}: torch sees no CUDA GPU on this machine. Use -device cpu (or "
+                                 f"auto, the default).")
+    return name
+
+
 def _cmd_trainer_path(a) -> None:
     from nnunet_prompt.nnunet_env import trainer_path
     print(trainer_path())
@@ -73,7 +121,12 @@ def _cmd_plan(a) -> None:
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
                                                                       plan_experiment_dataset, preprocess_dataset)
     from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
-    did = convert_dataset_name_to_id(dataset_name(a.dataset))
+    from nnunet_prompt.io_utils import read_json
+    name = dataset_name(a.dataset)
+    did = convert_dataset_name_to_id(name)
+    raw_json = os.path.join(os.environ["nnUNet_raw"], name, "dataset.json")
+    if os.path.isdir(os.path.dirname(raw_json)):  # nnU-Net reads it without a word on what is wrong
+        read_json(raw_json, "dataset.json")
     planner = _find_planner(a.pl)
     fp = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name(a.dataset), "dataset_fingerprint.json")
     if not os.path.isfile(fp):
@@ -87,18 +140,23 @@ def _cmd_plan(a) -> None:
 def _cmd_predict(a) -> None:
     import torch
     from nnunet_prompt.inference.predictor import PromptPredictor
+    from nnunet_prompt.io_utils import remove_new_outputs_on_failure, require_output_folder
     from nnunet_prompt.nnunet_env import dataset_name, ensure_trainer_path_registered, require_folders
     from nnunet_prompt.prompts.model import PromptError, load_prompts_file
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     require_folders("nnUNet_results")
     ensure_trainer_path_registered()
+    if os.path.isdir(a.i) and os.path.isdir(a.o) and os.path.samefile(a.i, a.o):
+        raise PromptError(f"-o '{a.o}' and -i '{a.i}' are the same folder: the segmentations and nnU-Net's JSON files "
+                          f"would be written among the images. Give another output folder.")
+    require_output_folder(a.o)
     prompts = load_prompts_file(a.prompts) if a.prompts else {}
     model_folder = get_output_folder(dataset_name(a.d), a.tr, a.p, a.c)
+    device = _device(a.device)
     predictor = PromptPredictor(tile_step_size=a.step_size, use_gaussian=True, use_mirroring=not a.disable_tta,
-                                perform_everything_on_device=True, device=torch.device(a.device), verbose=False,
+                                perform_everything_on_device=True, device=torch.device(device), verbose=False,
                                 allow_tqdm=True)
-    folds = [f if f == "all" else int(f) for f in a.f]
-    predictor.initialize_from_trained_model_folder(model_folder, folds, a.chk)
+    predictor.initialize_from_trained_model_folder(model_folder, a.f, a.chk)
     if a.cross_patch:
         predictor.enable_cross_patch(model_folder, a.cross_patch_threshold, a.max_patches)
     if predictor.clinical_context is None and not a.prompts:
@@ -111,17 +169,18 @@ def _cmd_predict(a) -> None:
         predictor.set_clinical_text(read_sidecar_file(a.clinical_text), a.clinical_text)
     predictor.set_prompts(prompts, a.prompts, allow_missing=a.allow_missing_prompts)
     predictor.check_prompts_for_images(a.i)
-    predictor.predict_from_files(a.i, a.o, save_probabilities=a.save_probabilities, overwrite=not a.continue_prediction,
-                                 num_processes_preprocessing=a.npp, num_processes_segmentation_export=a.nps)
+    with remove_new_outputs_on_failure(a.o):
+        predictor.predict_from_files(a.i, a.o, save_probabilities=a.save_probabilities,
+                                     overwrite=not a.continue_prediction, num_processes_preprocessing=a.npp,
+                                     num_processes_segmentation_export=a.nps)
 
 
 def _cmd_evaluate(a) -> None:
-    import json
     from nnunet_prompt.evaluation.evaluate_folder import evaluate_folders, print_summary
-    with open(a.djfile) as f:
-        dataset_json = json.load(f)
+    from nnunet_prompt.io_utils import read_json
+    dataset_json = read_json(a.djfile, "dataset.json (-djfile)")
     out = a.o or os.path.join(a.pred_folder, "metrics.json")
-    summary = evaluate_folders(a.gt_folder, a.pred_folder, dataset_json, a.nsd_tolerance, out)
+    summary = evaluate_folders(a.gt_folder, a.pred_folder, dataset_json, a.nsd_tolerance, out, f"'{a.djfile}'")
     print_summary(summary)
     print(f"\nwritten: {out} and {os.path.splitext(out)[0] + '.csv'}")
 
@@ -140,7 +199,7 @@ def _cmd_interactive_eval(a) -> None:
     out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"interactive_eval_{a.c}_fold{a.f}")
     session_kwargs = ({"cross_patch": True, "cross_patch_threshold": a.cross_patch_threshold,
                        "max_patches": a.max_patches} if a.cross_patch else None)
-    summary = interactive_eval(name, a.c, a.f, a.tr, a.p, sorted(set(a.clicks)), out, a.device, a.nsd_tolerance,
+    summary = interactive_eval(name, a.c, a.f, a.tr, a.p, sorted(set(a.clicks)), out, _device(a.device), a.nsd_tolerance,
                                a.seed, a.test_set, a.starts, session_kwargs)
     for trainer, by_start in summary.items():
         for start, by_n in by_start.items():
@@ -163,6 +222,8 @@ def _cmd_convert(a) -> None:
     from nnunet_prompt_datasets.case_model import ConvertOptions
     from nnunet_prompt_datasets.convert import convert_dataset
     require_folders("nnUNet_raw")
+    from nnunet_prompt.io_utils import require_output_folder
+    require_output_folder(os.environ["nnUNet_raw"], "$nnUNet_raw")
     options = ConvertOptions(structure_map=a.structure_map, strict=a.strict, overlap=a.overlap, rgb_fusion=a.rgb_fusion,
                              resample_oblique=a.resample_oblique, modalities=tuple(a.modalities or ()))
     out = convert_dataset(a.format, a.source, a.dataset_id, a.name, os.environ["nnUNet_raw"], options, a.clinical,
@@ -230,7 +291,8 @@ def _cmd_serve(a) -> None:
         from nnunetv2.utilities.file_path_utilities import get_output_folder
         require_folders("nnUNet_results")
         folder = get_output_folder(dataset_name(a.d), a.tr, a.p, a.c)
-    fold = a.f if a.f == "all" else int(a.f)
+    fold = a.f
+    a.device = _device(a.device)
     predictor = load_session_predictor(folder, fold, a.device, a.chk)
     try:
         supported = model_capabilities(predictor)
@@ -299,10 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("interactive-eval", help="N-click protocol through the interactive session (CT-SAM3D)")
     s.add_argument("-d", required=True, help="dataset id or name")
     s.add_argument("-c", default="3d_fullres")
-    s.add_argument("-f", type=int, default=0, help="fold: its validation cases are evaluated")
+    s.add_argument("-f", type=_fold, default=0, help="fold: its validation cases are evaluated")
     s.add_argument("-tr", nargs="+", default=["PromptTrainer"], help="one or more prompt trainers")
     s.add_argument("-p", default="nnUNetPlans")
-    s.add_argument("--clicks", type=int, nargs="+", default=[1, 3, 5, 7, 9])
+    s.add_argument("--clicks", type=_positive_int, nargs="+", default=[1, 3, 5, 7, 9],
+                   help="report Dice/NSD after these numbers of clicks (each >= 1; default 1 3 5 7 9)")
     s.add_argument("--nsd-tolerance", type=float, default=2.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-set", action="store_true", help="use imagesTs/labelsTs instead of the fold's validation cases")
@@ -310,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first interaction: a random click in the target, the target's box, or both protocols (default)")
     _cross_patch_arguments(s, "every positive click")
     s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/interactive_eval_CONFIG_foldF)")
-    s.add_argument("-device", default="cuda", choices=["cuda", "cpu"])
+    s.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu"],
+                   help="auto (default): cuda if torch sees a GPU, else cpu")
     s.set_defaults(func=_cmd_interactive_eval)
 
     s = sub.add_parser("compare", help="metrics + paired Wilcoxon tests of trainers against an nnU-Net baseline")
@@ -319,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline", default="nnUNetTrainer")
     s.add_argument("--trainers", nargs="+", default=["PromptTrainer"])
     s.add_argument("-p", default="nnUNetPlans", help="plans shared by all compared models")
-    s.add_argument("-f", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="folds (their validation predictions)")
+    s.add_argument("-f", type=_fold, nargs="+", default=[0, 1, 2, 3, 4], help="folds (their validation predictions)")
     s.add_argument("--nsd-tolerance", type=float, default=2.0)
     s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/compare_CONFIG)")
     s.set_defaults(func=_cmd_compare)
@@ -329,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", required=True, help="output folder")
     s.add_argument("-d", required=True, help="dataset id or name")
     s.add_argument("-c", default="3d_fullres")
-    s.add_argument("-f", nargs="+", default=["0"], help="folds (or 'all')")
+    s.add_argument("-f", nargs="+", type=_fold, default=[0], help="folds (or 'all'); default 0")
     s.add_argument("-tr", default="PromptTrainer")
     s.add_argument("-p", default="nnUNetPlans")
     s.add_argument("-chk", default="checkpoint_final.pth")
@@ -341,13 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-missing-prompts", action="store_true",
                    help="predict cases without a prompt entry as background instead of failing")
     _cross_patch_arguments(s, "each positive click of a prompt")
-    s.add_argument("-step_size", type=float, default=0.5)
+    s.add_argument("-step_size", type=_step_size, default=0.5,
+                   help="sliding-window step as a fraction of the patch size, 0 < step <= 1 (default 0.5)")
     s.add_argument("--disable_tta", action="store_true")
     s.add_argument("--save_probabilities", action="store_true")
     s.add_argument("--continue_prediction", action="store_true")
     s.add_argument("-npp", type=int, default=1)
     s.add_argument("-nps", type=int, default=1)
-    s.add_argument("-device", default="cuda", choices=["cuda", "cpu"])
+    s.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu"],
+                   help="auto (default): cuda if torch sees a GPU, else cpu")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("convert", help="convert clinical (DICOM RT) or public datasets into an nnU-Net raw dataset",
@@ -391,9 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-tr", default="PromptTrainer")
     s.add_argument("-p", default="nnUNetPlans")
     s.add_argument("-c", default="3d_fullres")
-    s.add_argument("-f", default="0", help="the fold to serve (or 'all'); default 0")
+    s.add_argument("-f", type=_fold, default=0, help="the fold to serve (or 'all'); default 0")
     s.add_argument("-chk", default="checkpoint_final.pth")
-    s.add_argument("--device", default="cuda", help="torch device: cuda, cuda:1, cpu (default cuda)")
+    s.add_argument("--device", default="auto", help="torch device: auto (cuda if torch sees a GPU, else cpu; the "
+                   "default), cuda, cuda:1, cpu")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=1527, help="TCP port (default 1527, as nnInteractive)")
     s.add_argument("--api-key", default=os.environ.get("NN_INTERACTIVE_API_KEY"),
@@ -421,10 +488,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from nnunet_prompt.text.language_model import TextModelError
     from nnunet_prompt.sam.checkpoint import SAMCheckpointError
     from nnunet_prompt.model_record import ModelRecordError
+    from nnunet_prompt.io_utils import InputFileError
     try:
         args.func(args)
     except (PromptError, NnUNetEnvironmentError, EvaluationError, FileNotFoundError, ConversionError,
-            TextModelError, SAMCheckpointError, ModelRecordError) as e:
+            TextModelError, SAMCheckpointError, ModelRecordError, InputFileError) as e:
         print(f"nnunet-prompt: error: {e}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -8,6 +8,56 @@ import tempfile
 from contextlib import contextmanager
 
 
+class InputFileError(ValueError):
+    """A user's input file that is missing, damaged or not what it should be; the message names the file."""
+
+
+def read_json(path: str, what: str = "JSON file"):
+    """json.load with one clear message for a missing file or invalid JSON."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputFileError(f"{what} '{path}' does not exist.") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{what} '{path}' is a folder, not a file.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputFileError(f"{what} '{path}' is not valid JSON: {e}.") from None
+
+
+def require_output_folder(path: str, flag: str = "-o") -> None:
+    """Refuse an output path that is a file or cannot be created / written, before any work is done."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputFileError(f"Output path '{path}' ({flag}) is a file, not a folder: give a folder.")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputFileError(f"Output folder '{path}' ({flag}) cannot be created: '{parent}' is a file.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputFileError(f"Output folder '{path}' ({flag}) cannot be written: no write permission in '{parent}'.")
+
+
+@contextmanager
+def remove_new_outputs_on_failure(folder: str):
+    """If the body fails, remove what it added to ``folder`` (and the folder, if it created it): a failed run
+    leaves the output folder as it found it. Files that were there before are kept (and may have been rewritten
+    by the body: use atomic writes for those)."""
+    existed = os.path.isdir(folder)
+    before = set(os.listdir(folder)) if existed else set()
+    try:
+        yield
+    except BaseException:
+        if os.path.isdir(folder):
+            if not existed:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                for name in set(os.listdir(folder)) - before:
+                    p = os.path.join(folder, name)
+                    shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
+        raise
+
+
 def atomic_write_json(obj, path: str, indent: int = 2) -> None:
     """Write JSON to a temporary file in the target folder, then rename it into place."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -90,7 +90,8 @@ def record_from_plans(plans: dict, folder: Optional[str] = None) -> ModelRecord:
         where = f"'{os.path.join(folder, 'plans.json')}'" if folder else "These plans"
         hint = (f" They hold the old key(s) {legacy}: run `nnunet-prompt upgrade-model MODEL_FOLDER` on the model "
                 f"folder." if legacy else
-                " A model folder trained before nnunet-prompt kept this record (beside plans.json: "
+                " If it is a plain nnU-Net model (nnUNetTrainer and its variants), predict it with nnUNetv2_predict. "
+                "A model folder trained before nnunet-prompt kept this record (beside plans.json: "
                 f"{', '.join(LEGACY_FILES)}) is converted by `nnunet-prompt upgrade-model MODEL_FOLDER`.")
         raise ModelRecordError(f"{where} hold no '{PLANS_KEY}' record, which nnunet-prompt's trainers write when "
                                f"training starts: this network cannot be rebuilt from them.{hint}")

@@ -49,6 +49,10 @@ def _check_same_setup(folders: Dict[str, str], configuration: str, folds: Sequen
             for fo in (folder, base):
                 if not os.path.isdir(os.path.join(fo, f"fold_{f}", "validation")):
                     raise EvaluationError(f"'{fo}' has no fold_{f}/validation: train (or run --val for) fold {f} first.")
+                if not cases(fo):
+                    raise EvaluationError(f"'{fo}/fold_{f}/validation' holds no validation predictions: its final "
+                                          f"validation did not run or was removed. Run nnUNetv2_train ... {f} --val "
+                                          f"for it.")
             if cases(folder) != cases(base):
                 raise EvaluationError(f"'{name}' and '{base_name}' validated fold {f} on different cases: they were "
                                       f"trained on different splits.")

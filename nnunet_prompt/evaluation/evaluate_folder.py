@@ -28,9 +28,65 @@ def _mask(seg: np.ndarray, value) -> np.ndarray:
     return np.isin(seg, list(value)) if isinstance(value, (list, tuple)) else seg == int(value)
 
 
+def _label_values(dataset_json: dict) -> set:
+    values = set()
+    for v in dataset_json["labels"].values():
+        values.update(int(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+    return values
+
+
+def _read_label_map(rw, path: str, case: str, label_values: set):
+    """Read a reference or prediction and check that it is a whole label map of the dataset's labels."""
+    from nnunet_prompt.image_files import ImageFileError, check_image_file
+    try:
+        check_image_file(path)
+        seg, props = rw.read_seg(path)
+    except ImageFileError as e:
+        raise EvaluationError(f"Case '{case}': {e}") from None
+    except RuntimeError as e:
+        raise EvaluationError(f"Case '{case}': '{path}' cannot be read ({str(e).strip().splitlines()[-1]}).") from None
+    if not np.all(np.isfinite(seg)) or not np.all(seg == np.round(seg)):
+        raise EvaluationError(f"Case '{case}': '{path}' is not a label map (it holds non-integer values, e.g. "
+                              f"probabilities). Evaluate the segmentation (nnU-Net's CASE{os.path.splitext(path)[1]}, "
+                              f"not its .npz probabilities), or threshold the map first.")
+    unknown = sorted(set(np.unique(seg).astype(int).tolist()) - label_values)
+    if unknown:
+        raise EvaluationError(f"Case '{case}': '{path}' holds label value(s) {unknown[:10]} that dataset.json does not "
+                              f"define (its labels: {sorted(label_values)}). Is it from another dataset?")
+    return seg, props
+
+
+def _check_same_grid(case: str, pred_path: str, shape, props: dict, pshape, pprops: dict) -> None:
+    """The prediction must lie where the reference lies: same shape, spacing, origin and direction (metrics in mm
+    of two images that do not overlap in space mean nothing)."""
+    problems = []
+    if tuple(shape) != tuple(pshape):
+        problems.append(f"shape {tuple(pshape[1:])} vs {tuple(shape[1:])}")
+    if not np.allclose(props["spacing"], pprops["spacing"], rtol=1e-4):
+        problems.append(f"spacing {list(pprops['spacing'])} vs {list(props['spacing'])}")
+    a, b = props.get("sitk_stuff", {}), pprops.get("sitk_stuff", {})
+    if "origin" in a and "origin" in b:
+        spacing = np.asarray(a["spacing"], float)
+        if np.any(np.abs(np.subtract(a["origin"], b["origin"])) > 0.05 * spacing):
+            problems.append(f"origin {list(b['origin'])} vs {list(a['origin'])} (mm)")
+        if not np.allclose(a["direction"], b["direction"], atol=1e-4):
+            problems.append(f"direction {list(b['direction'])} vs {list(a['direction'])}")
+    if problems:
+        raise EvaluationError(f"Case '{case}': prediction '{pred_path}' does not match the reference's grid: "
+                              f"{'; '.join(problems)}. Predict on the reference's image, or resample the prediction "
+                              f"onto it (nearest neighbour).")
+
+
 def evaluate_folders(gt_folder: str, pred_folder: str, dataset_json: dict, nsd_tolerance_mm: float = 2.0,
-                     output_json: Optional[str] = None) -> dict:
+                     output_json: Optional[str] = None, dataset_json_source: str = "The dataset.json") -> dict:
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+    if not isinstance(dataset_json, dict) or not isinstance(dataset_json.get("labels"), dict) \
+            or "file_ending" not in dataset_json:
+        raise EvaluationError(f"{dataset_json_source} has no 'labels' mapping or no 'file_ending': give the "
+                              f"dataset.json of the dataset the references belong to (nnUNet_raw/DatasetXXX/dataset.json).")
+    for what, folder in (("Reference", gt_folder), ("Prediction", pred_folder)):
+        if not os.path.isdir(folder):
+            raise EvaluationError(f"{what} folder '{folder}' does not exist.")
     ending = dataset_json["file_ending"]
     gt_cases = sorted(f[:-len(ending)] for f in os.listdir(gt_folder) if f.endswith(ending))
     if not gt_cases:
@@ -42,14 +98,13 @@ def evaluate_folders(gt_folder: str, pred_folder: str, dataset_json: dict, nsd_t
                               f"{missing[:10]}{' ...' if len(missing) > 10 else ''}. Predict them or evaluate a "
                               f"reference folder holding only the predicted cases.")
     targets = _targets(dataset_json)
+    label_values = _label_values(dataset_json)
     rw = determine_reader_writer_from_file_ending(ending, os.path.join(gt_folder, gt_cases[0] + ending), False, True)()
     per_case: List[dict] = []
     for case in tqdm(gt_cases, desc="evaluating", disable=len(gt_cases) < 3):
-        ref, props = rw.read_seg(os.path.join(gt_folder, case + ending))
-        pred, pprops = rw.read_seg(os.path.join(pred_folder, case + ending))
-        if ref.shape != pred.shape or not np.allclose(props["spacing"], pprops["spacing"], rtol=1e-4):
-            raise EvaluationError(f"Case '{case}': prediction {pred.shape[1:]} / spacing {pprops['spacing']} does not "
-                                  f"match the reference {ref.shape[1:]} / {props['spacing']}.")
+        ref, props = _read_label_map(rw, os.path.join(gt_folder, case + ending), case, label_values)
+        pred, pprops = _read_label_map(rw, os.path.join(pred_folder, case + ending), case, label_values)
+        _check_same_grid(case, os.path.join(pred_folder, case + ending), ref.shape, props, pred.shape, pprops)
         spacing = props["spacing"]
         entry = {"case": case, "metrics": {}}
         for name, value in targets.items():

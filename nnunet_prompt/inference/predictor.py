@@ -49,6 +49,44 @@ from nnunet_prompt.text.config import ClinicalContextConfig
 UNREACHED_LOGIT = -10.0  # cross-patch prediction: voxels outside every predicted patch (as the session's background)
 
 
+def check_checkpoint_file(path: str) -> None:
+    """A clear error for a truncated, empty or foreign checkpoint, before torch.load fails with a zip error that
+    names no file. torch saves a zip archive; its CRCs tell whether every byte is there."""
+    import zipfile
+    fix = "Copy it again from where the model was trained, or choose another checkpoint with -chk."
+    if not zipfile.is_zipfile(path):
+        raise PromptError(f"Checkpoint '{path}' cannot be read: it is not a PyTorch checkpoint (empty, truncated or "
+                          f"another file). {fix}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise PromptError(f"Checkpoint '{path}' cannot be read ({e}). {fix}") from None
+    if bad is not None:
+        raise PromptError(f"Checkpoint '{path}' cannot be read: its part '{bad}' is damaged. {fix}")
+
+
+def input_cases(source_folder: str, dataset_json: dict) -> Dict[str, list]:
+    """{case: its channel files, sorted} of an nnU-Net input folder (CASE_XXXX.ending), with a clear error for a
+    missing folder, no images, or a file without the 4-digit channel suffix (nnU-Net would fail on it)."""
+    import re
+    ending = dataset_json['file_ending']
+    if not os.path.isdir(source_folder):
+        raise PromptError(f"Input folder '{source_folder}' does not exist (-i).")
+    names = sorted(f for f in os.listdir(source_folder) if f.endswith(ending))
+    if not names:
+        raise PromptError(f"No images ending in {ending} in '{source_folder}' (nnU-Net naming: CASE_0000{ending}).")
+    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(ending) + "$")
+    cases: Dict[str, list] = {}
+    for name in names:
+        m = pattern.match(name)
+        if m is None:
+            raise PromptError(f"Image '{os.path.join(source_folder, name)}' has no channel suffix: nnU-Net input files "
+                              f"are named CASE_0000{ending} (CASE_0001{ending} for a second channel). Rename it.")
+        cases.setdefault(m.group(1), []).append(os.path.join(source_folder, name))
+    return cases
+
+
 class PromptPredictor(nnUNetPredictor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -78,10 +116,22 @@ class PromptPredictor(nnUNetPredictor):
                 raise FileNotFoundError(f"Model '{model_training_output_dir}' has no fold_{f}/{checkpoint_name} "
                                         f"(folds present: {available}). Train that fold or pick another with -f / -chk.")
         import json
-        plans_file = os.path.join(model_training_output_dir, "plans.json")
-        with open(plans_file, "r", encoding="utf-8") as f:
-            # before nnU-Net builds the network from these plans: one clear message for an old or foreign model
-            record = record_from_plans(json.load(f), model_training_output_dir)
+        for name in ("plans.json", "dataset.json"):
+            path = os.path.join(model_training_output_dir, name)
+            try:
+                with open(path, "r", encoding="utf-8") as f:
+                    content = json.load(f)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"Model '{model_training_output_dir}' has no {name}: it is not a complete "
+                                        f"nnU-Net model folder.") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise PromptError(f"'{path}' is not valid JSON ({e}): the model folder is damaged. Copy it again from "
+                                  f"where it was trained.") from None
+            if name == "plans.json":
+                # before nnU-Net builds the network from these plans: one clear message for an old or foreign model
+                record = record_from_plans(content, model_training_output_dir)
+        for f in use_folds or []:
+            check_checkpoint_file(os.path.join(model_training_output_dir, f"fold_{f}", checkpoint_name))
         if record.prompt_encoding is None and record.clinical_context is None:
             raise PromptError(f"Model '{model_training_output_dir}' ({record.trainer}) takes no prompts: predict it with "
                               f"plain nnUNetv2_predict.")
@@ -137,20 +187,21 @@ class PromptPredictor(nnUNetPredictor):
         return entry
 
     def check_prompts_for_images(self, source_folder: str) -> None:
-        """Validate every case's prompts against its image header before anything is predicted, so a bad
-        prompt of the last case does not leave the first cases' outputs behind."""
-        from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+        """Validate the input folder, every image file and every case's prompts before anything is predicted, so
+        a bad prompt or a damaged file of the last case does not leave the first cases' outputs behind."""
+        from nnunet_prompt.image_files import ImageFileError, check_image_file
         labels = prompt_targets(self.dataset_json)
-        files = create_lists_from_splitted_dataset_folder(source_folder, self.dataset_json['file_ending'])
-        if not files:
-            raise PromptError(f"No images ending in {self.dataset_json['file_ending']} in '{source_folder}' (nnU-Net "
-                              f"naming: CASE_0000{self.dataset_json['file_ending']}).")
+        files = input_cases(source_folder, self.dataset_json)
         n_channels = len(self.dataset_json['channel_names'])
-        for case_files in files:
-            case = os.path.basename(case_files[0])[:-len(self.dataset_json['file_ending']) - 5]
+        for case, case_files in files.items():
             if len(case_files) != n_channels:
                 raise PromptError(f"Case '{case}' in '{source_folder}' has {len(case_files)} channel file(s), the model "
                                   f"expects {n_channels} ({self.dataset_json['channel_names']}): CASE_0000, CASE_0001, ...")
+            for f in case_files:
+                try:
+                    check_image_file(f)
+                except ImageFileError as e:
+                    raise PromptError(f"Case '{case}': {e}") from None
             if self.clinical_context is not None:
                 self.case_clinical_entry(case)
                 continue
@@ -160,9 +211,20 @@ class PromptPredictor(nnUNetPredictor):
                     continue
                 self._missing(case)
             geometry = ImageGeometry.from_file(case_files[0])
+            seen = set()
             for p in prompts:
-                p.resolve_label(labels, case, self.prompts_source)
+                p.require_location(case, self.prompts_source)
+                label = p.resolve_label(labels, case, self.prompts_source)
+                if label in seen:
+                    raise PromptError(f"Case '{case}' has two prompts for label {label} in '{self.prompts_source}'; "
+                                      f"merge them into one prompt.")
+                seen.add(label)
                 p.to_voxel(geometry, case, self.prompts_source)
+        unknown = sorted(set(self.case_prompts) - set(files))
+        if unknown:
+            raise PromptError(f"Prompts file '{self.prompts_source}' has entries for {len(unknown)} case(s) with no image "
+                              f"in '{source_folder}': {unknown[:10]}{' ...' if len(unknown) > 10 else ''}. Check the case "
+                              f"identifiers (CASE of CASE_0000{self.dataset_json['file_ending']}) or remove the entries.")
 
     def _missing(self, case: str):
         raise PromptError(f"No prompt for case '{case}' in prompts file '{self.prompts_source}'. Add an entry "

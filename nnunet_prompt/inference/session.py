@@ -311,6 +311,7 @@ class InteractiveSession:
 
     def undo(self, return_mask: bool = True):
         """Revert the most recent interaction (queued or predicted)."""
+        self._require_image()
         self.last_network_ms = None
         if self._pending is not None:
             self._pending = None

@@ -150,6 +150,17 @@ class Prompt:
                               f"boxes, mask or text{where}.")
         return p
 
+    @property
+    def has_location(self) -> bool:
+        """Whether the prompt says where the object is (a spatial model needs this; text alone does not)."""
+        return bool(self.positive_points or self.negative_points or self.boxes or self.mask)
+
+    def require_location(self, case: Optional[str] = None, source: Optional[str] = None) -> None:
+        if not self.has_location:
+            raise PromptError(f"The prompt has no location{_where(case, source)}: this model takes spatial prompts "
+                              f"only (positive_points, negative_points, boxes or mask); its 'text' would be ignored. "
+                              f"Add a click or a box, or use a text-conditioned model.")
+
     def to_dict(self) -> dict:
         d: Dict[str, Any] = {"coordinates": self.coordinates}
         if self.label is not None:
@@ -247,13 +258,22 @@ def load_mask_on_geometry(path: str, geometry: ImageGeometry, case: Optional[str
     where = _where(case, source)
     if not os.path.isfile(path):
         raise PromptError(f"Mask file '{path}' does not exist{where}.")
-    img = sitk.ReadImage(path)
+    from nnunet_prompt.image_files import ImageFileError, check_image_file
+    try:
+        check_image_file(path)
+        img = sitk.ReadImage(path)
+    except (ImageFileError, RuntimeError) as e:
+        raise PromptError(f"Mask '{path}' cannot be read{where}: {e}") from None
     other = ImageGeometry.from_sitk(img)
     problem = geometry.mismatch(other)
     if problem:
         raise PromptError(f"Mask '{path}' is not on the image's grid: {problem}{where}. Resample the mask onto the "
                           f"image (nearest neighbour), e.g. with SimpleITK's Resample.")
-    return sitk.GetArrayFromImage(img) > 0
+    mask = sitk.GetArrayFromImage(img) > 0
+    if not mask.any():
+        raise PromptError(f"Mask '{path}' has no foreground voxel{where}: an empty mask tells the model nothing. Draw "
+                          f"the object, or leave 'mask' out.")
+    return mask
 
 
 PromptsByCase = Dict[str, List[Prompt]]
@@ -273,14 +293,34 @@ def parse_prompts(data: Any, source: Optional[str] = None, base_dir: Optional[st
     return out
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicate_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def load_prompts_file(path: str) -> PromptsByCase:
     if not os.path.isfile(path):
         raise PromptError(f"Prompts file '{path}' does not exist.")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError as e:
         raise PromptError(f"Prompts file '{path}' is not valid JSON: {e}. See docs/reference/prompts.md for the format.") from None
+    except UnicodeDecodeError as e:
+        raise PromptError(f"Prompts file '{path}' is not UTF-8 text ({e}); a prompts file is JSON.") from None
+    except _DuplicateKey as e:
+        raise PromptError(f"Prompts file '{path}' gives the key '{e.key}' twice (a duplicate key): JSON readers keep "
+                          f"only the last one. Merge the two entries (several prompts of one case go in a list).") from None
     return parse_prompts(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
