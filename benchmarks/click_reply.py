@@ -25,9 +25,7 @@ import argparse
 import datetime
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 
@@ -77,29 +75,9 @@ def in_process(folder, image, spacing_xyz, points, warmup, device):
     return statistics.median(reply), statistics.median(network), set_image_s, preprocessed
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(folder, device):
-    import httpx
-    port = free_port()
-    exe = os.path.join(os.path.dirname(sys.executable), "nnunet-prompt")
-    proc = subprocess.Popen([exe, "serve", folder, "-f", "0", "--device", device, "--port", str(port),
-                             "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError("nnunet-prompt serve exited")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("nnunet-prompt serve did not come up")
+    from nnunet_prompt.serve.launch import start_server as launch
+    return launch(folder, "0", device, ["--log-level", "warning"], capture_output=False, timeout_s=300)
 
 
 def over_http(url, image, spacing_xyz, points, warmup):

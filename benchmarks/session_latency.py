@@ -24,9 +24,11 @@ import sys
 from common import nnunet_workdir, report
 
 
-def make_model_folder(work: str, patch, shape_xyz, spacing_xyz=(1.0, 1.0, 1.0), dataset_id: int = 996):
+def make_model_folder(work: str, patch, shape_xyz, spacing_xyz=(1.0, 1.0, 1.0), dataset_id: int = 996,
+                      planner=None, plans_name: str = "nnUNetPlans"):
     """A random-weight PromptTrainer model folder planned by nnU-Net on phantoms of ``shape_xyz`` at
     ``spacing_xyz``; ``patch`` (z, y, x), an int for a cube, or None for the planner's own patch size.
+    ``planner``: an nnU-Net planner class writing ``plans_name`` (default nnU-Net's ExperimentPlanner).
     Returns (model folder, a test image path, the configuration manager)."""
     import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, plan_experiment_dataset
@@ -41,10 +43,11 @@ def make_model_folder(work: str, patch, shape_xyz, spacing_xyz=(1.0, 1.0, 1.0), 
     raw = generate_synthetic_hn_dataset(os.environ["nnUNet_raw"], did, "Latency", num_training=2, num_test=1,
                                         shape_xyz=tuple(shape_xyz), spacing_xyz=tuple(spacing_xyz))
     pre = os.path.join(os.environ["nnUNet_preprocessed"], os.path.basename(raw))
-    if not os.path.isfile(os.path.join(pre, "nnUNetPlans.json")):
-        extract_fingerprint_dataset(did, num_processes=2, show_progress_bar=False, verbose=False)
-        plan_experiment_dataset(did)
-    plans = json.load(open(os.path.join(pre, "nnUNetPlans.json")))
+    if not os.path.isfile(os.path.join(pre, plans_name + ".json")):
+        if not os.path.isfile(os.path.join(pre, "dataset_fingerprint.json")):
+            extract_fingerprint_dataset(did, num_processes=2, show_progress_bar=False, verbose=False)
+        plan_experiment_dataset(did, *([planner] if planner is not None else []))
+    plans = json.load(open(os.path.join(pre, plans_name + ".json")))
     if patch is not None:
         plans["configurations"]["3d_fullres"]["patch_size"] = [patch] * 3 if isinstance(patch, int) else list(patch)
     dataset_json = json.load(open(os.path.join(raw, "dataset.json")))

@@ -18,7 +18,6 @@ trainers and by prompted inference.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, Optional
 
@@ -45,10 +44,11 @@ def read_sidecar_file(path: str) -> Dict[str, dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No clinical text sidecar '{path}'. Write one with the converters' --clinical option "
                                 f"or see nnunet_prompt/clinical_text.py for the format.")
-    with open(path, "r", encoding="utf-8") as f:
-        data = json.load(f)
-    if data.get("format") != SIDECAR_FORMAT or not isinstance(data.get("cases"), dict):
-        raise ValueError(f"'{path}' is not a '{SIDECAR_FORMAT}' file (see nnunet_prompt/clinical_text.py).")
+    from nnunet_prompt.io_utils import InputFileError, read_json
+    data = read_json(path, "Clinical text sidecar")
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or not isinstance(data.get("cases"), dict):
+        raise InputFileError(f"'{path}' is not a '{SIDECAR_FORMAT}' file: it needs \"format\": \"{SIDECAR_FORMAT}\" "
+                             f"and a \"cases\" object (see nnunet_prompt/clinical_text.py).")
     return data["cases"]
 
 

@@ -12,17 +12,34 @@ class InputFileError(ValueError):
     """A user's input file that is missing, damaged or not what it should be; the message names the file."""
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def read_json(path: str, what: str = "JSON file"):
-    """json.load with one clear message for a missing file or invalid JSON."""
+    """json.load with one clear message for a missing file, invalid JSON, or a key given twice in one object (JSON
+    readers silently keep the last one, so a duplicated case entry would lose the first)."""
     try:
         with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=_refuse_duplicate_keys)
     except FileNotFoundError:
         raise InputFileError(f"{what} '{path}' does not exist.") from None
     except IsADirectoryError:
         raise InputFileError(f"{what} '{path}' is a folder, not a file.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputFileError(f"{what} '{path}' is not valid JSON: {e}.") from None
+    except _DuplicateKey as e:
+        raise InputFileError(f"{what} '{path}' gives the key '{e}' twice (a duplicate key); JSON readers keep only the "
+                             f"last one. Merge the two entries (several prompts of one case go in a list).") from None
 
 
 def require_output_folder(path: str, flag: str = "-o") -> None:

@@ -40,27 +40,11 @@ def run(cmd, env, timeout=900):
 
 def start_server(trained: dict, *extra):
     """`nnunet-prompt serve` on a trained fixture's model, as a subprocess on a free loopback port: (process, url)."""
-    import socket
-    import time
-    import httpx
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([console_script("nnunet-prompt"), "serve", trained["folder"], "-f", "0", "--device", "cpu",
-                             "--port", str(port), *extra], env=trained["env"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError("the server exited: " + proc.stdout.read()[-4000:])
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the server did not come up")
+    from nnunet_prompt.serve.launch import start_server as launch
+    try:
+        return launch(trained["folder"], "0", "cpu", extra, env=trained["env"], timeout_s=180)
+    except RuntimeError as e:
+        raise AssertionError(str(e)) from None
 
 
 def plan_and_preprocess_tiny(dataset_id: int) -> None:

@@ -167,3 +167,35 @@ def test_a_label_without_foreground_cannot_become_a_prompt(tmp_path):
     sitk.WriteImage(img, str(tmp_path / "empty.nii.gz"))
     with pytest.raises(ValueError, match="empty.nii.gz' has no foreground"):
         prompt_from_label(str(tmp_path / "empty.nii.gz"))
+
+
+def test_prompt_channels_reach_the_network_tile_by_tile(trained):
+    """Predict appends each sliding-window tile's prompt channels when the tile reaches the network (no whole-image
+    image+prompt tensor): the logits equal those of the whole concatenated input, over several tiles with padding."""
+    from nnunet_prompt.inference.predictor import PromptPredictor
+    from nnunet_prompt.prompts.model import Prompt
+    raw = trained["raw"]
+    case = sorted(f[:-7] for f in os.listdir(os.path.join(raw, "labelsTs")))[0]
+    image = os.path.join(raw, "imagesTs", case + "_0000.nii.gz")
+    predictor = PromptPredictor(tile_step_size=0.5, use_mirroring=True, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(trained["folder"], (0,), "checkpoint_final.pth")
+    data, _, props = predictor.configuration_manager.preprocessor_class(verbose=False).run_case(
+        [image], None, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json)
+    size = sitk.ReadImage(image).GetSize()
+    predictor.set_prompts({case: [Prompt.from_dict({"boxes": [{"min": [2, 2, 2], "max": [size[0] // 2, size[1] - 3,
+                                                                                          size[2] - 3]}],
+                                                     "positive_points": [[size[0] // 4, size[1] // 2, size[2] // 2]]})]})
+    ch = predictor.prepare_case_prompts(case, data.shape[1:], props)[1]
+    patch = predictor.configuration_manager.patch_size
+    # a wider image than one patch along the last axis (several tiles), and shorter along the first (padding)
+    data = torch.from_numpy(np.concatenate([data, data[..., ::-1]], -1)[:, :max(patch[0] - 3, 1)].copy())
+    ch = torch.cat([ch, ch.flip(-1)], -1)[:, :data.shape[1]]
+    predictor.network.load_state_dict(predictor.list_of_parameters[0])
+    with torch.no_grad():
+        per_tile = predictor.predict_prompted_logits(data, {1: ch})[1].float()
+        with predictor._object_output():
+            whole = predictor.predict_sliding_window_return_logits(torch.cat([data.float(), ch.float()], 0)).float()
+    assert len(predictor._internal_get_sliding_window_slicers(
+        [max(s, p) for s, p in zip(data.shape[1:], patch)])) > 1
+    np.testing.assert_allclose(per_tile.numpy(), (whole[1] - whole[0]).numpy(), atol=2e-2)
+    assert float((whole[1] - whole[0]).abs().max()) > 0.1

@@ -210,6 +210,9 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(trained, server):
         post("/set_image", 400, "X-Meta", content=pack_array(image[None]),
              headers={"X-Meta": "{broken", "Content-Type": "application/octet-stream"})
         post("/set_image", 400, "spacing", **packed(image[None], {"image_properties": {"spacing": [1, -2, 1]}}))
+        with_nan = image.astype(np.float32)
+        with_nan[0, 0, 0] = np.nan
+        post("/set_image", 400, "NaN", **packed(with_nan[None], {"image_properties": {"spacing": list(spacing_xyz[::-1])}}))
         ok = packed(image[None], {"image_properties": {"spacing": list(spacing_xyz[::-1])}})
         assert httpx.post(server + "/set_image", headers={**h, **ok.pop("headers")}, timeout=120, **ok).status_code == 200
         post("/add_point_interaction", 409, "set_target_buffer", json={"coordinates": [1, 1, 1]})
@@ -219,6 +222,8 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(trained, server):
                           json={"shape": list(label.shape), "dtype": "uint8"}).status_code == 200
         post("/add_point_interaction", 400, "outside the image", json={"coordinates": [0, 0, 10_000]})
         post("/add_point_interaction", 400, "coordinates", json={"coordinates": "centre"})
+        post("/add_point_interaction", 400, "coordinates", json={"coordinates": [1, 1]})
+        post("/add_point_interaction", 400, "outside the image", json={"coordinates": [-5, 1, 1]})
         post("/add_point_interaction", 400, "include_interaction", json={"coordinates": [1, 1, 1],
                                                                          "include_interaction": "yes"})
         post("/add_bbox_interaction", 400, "negative boxes", json={"bbox_coords": [[0, 1], [0, 5], [0, 5]],

@@ -102,6 +102,7 @@ class PromptPredictor(nnUNetPredictor):
         self.cross_patch: Optional[CrossPatchPropagator] = None
         self._current_case: Optional[str] = None
         self._current_case_clicks: Dict[int, list] = {}  # label -> positive clicks on the preprocessed grid
+        self._tile_prompts = self._tile_slicers = self._padded_prompts = None  # see _prompt_channels_per_tile
 
     # -------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
@@ -259,7 +260,7 @@ class PromptPredictor(nnUNetPredictor):
                 positive=[grid.raw_to_preprocessed(x) for x in vp.positive_points],
                 negative=[grid.raw_to_preprocessed(x) for x in vp.negative_points],
                 boxes=[grid.box_to_preprocessed(b.min, b.max) for b in vp.boxes],
-                mask=mask)
+                mask=mask, dtype=torch.uint8)
         return out
 
     @contextmanager
@@ -276,20 +277,55 @@ class PromptPredictor(nnUNetPredictor):
     def predict_prompted_logits(self, data: torch.Tensor, channels_by_label: Dict[int, torch.Tensor]) -> torch.Tensor:
         """data: (C_img, *spatial) preprocessed image -> (num_classes, *spatial) logits (see module doc).
         channels_by_label: {label value, or region (tuple of label values) in a region dataset: prompt channels}."""
-        out = unprompted_logits(self.label_manager, data.shape[1:])
+        # half precision, as nnU-Net's own sliding-window logits: a whole CT's map costs what nnU-Net's does
+        out = unprompted_logits(self.label_manager, data.shape[1:], torch.half)
         for label, channels in channels_by_label.items():
             c = logit_channel(self.label_manager, label)
             if self.cross_patch is not None:
                 out[c] = self.cross_patch_logits(data, channels, self._current_case_clicks.get(label, []), label)
                 continue
-            x = torch.cat([data.float(), channels.to(torch.float32).cpu()], 0)
-            with self._object_output():
+            with self._object_output(), self._prompt_channels_per_tile(channels):
                 if self.list_of_parameters is None:  # manual_initialization: weights already in the network
-                    logits = self.predict_sliding_window_return_logits(x).float().cpu()
+                    logits = self.predict_sliding_window_return_logits(data.float())
                 else:
-                    logits = super().predict_logits_from_preprocessed_data(x).float().cpu()
-            out[c] = logits[1] - logits[0]
+                    logits = super().predict_logits_from_preprocessed_data(data.float())
+            out[c] = (logits[1].float() - logits[0].float()).cpu()
+            del logits
         return out
+
+    @contextmanager
+    def _prompt_channels_per_tile(self, channels: torch.Tensor):
+        """nnU-Net's sliding window sees the image channels only; each tile gets its prompt channels appended when
+        it reaches the network. A whole-image (image + prompts) float tensor would cost (1 + C_prompt) times the
+        image's memory on a 512x512x300 CT; the 0/1 channels are kept as uint8 and cut per tile instead. The
+        tiles reach ``_internal_maybe_mirror_and_predict`` in the order of ``_internal_get_sliding_window_slicers``
+        (nnU-Net's one producer thread and FIFO queue), so the n-th call gets the n-th slicer."""
+        binary = channels.dtype in (torch.uint8, torch.bool) or bool(((channels == 0) | (channels == 1)).all())
+        compact = channels.to(torch.uint8 if binary else torch.half).cpu()
+        self._tile_prompts, self._tile_slicers, self._tile_index = compact, None, 0
+        try:
+            yield
+        finally:
+            self._tile_prompts = self._tile_slicers = self._padded_prompts = None
+
+    def _internal_get_sliding_window_slicers(self, image_size):
+        slicers = super()._internal_get_sliding_window_slicers(image_size)
+        if getattr(self, "_tile_prompts", None) is not None:
+            from acvl_utils.cropping_and_padding.padding import pad_nd_image
+            # padded as nnU-Net padded the image (to at least the patch size), so the slicers fit both
+            self._padded_prompts = pad_nd_image(self._tile_prompts, self.configuration_manager.patch_size, 'constant',
+                                                {'value': 0}, False, None)
+            assert tuple(self._padded_prompts.shape[1:]) == tuple(image_size), (self._padded_prompts.shape, image_size)
+            self._tile_slicers, self._tile_index = list(slicers), 0
+        return slicers
+
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "_tile_slicers", None) is not None and x.shape[1] == len(self.dataset_json["channel_names"]):
+            sl = self._tile_slicers[self._tile_index]
+            self._tile_index += 1
+            prompts = self._padded_prompts[sl][None].to(device=x.device, dtype=x.dtype, non_blocking=True)
+            x = torch.cat([x, prompts], 1)
+        return super()._internal_maybe_mirror_and_predict(x)
 
     def cross_patch_logits(self, data: torch.Tensor, channels: torch.Tensor, clicks, label: int) -> torch.Tensor:
         """Object logits of one label from the patch around each positive click and the patches the CPP head

@@ -94,14 +94,16 @@ def draw_balls(channel: torch.Tensor, centers: torch.Tensor, radius_vox: Sequenc
 def encode_preprocessed(shape: Sequence[int], spacing: Sequence[float], encoding: PromptEncoding,
                         positive: Sequence[Sequence[float]] = (), negative: Sequence[Sequence[float]] = (),
                         boxes: Sequence[Tuple[Sequence[int], Sequence[int]]] = (),
-                        mask: Optional[np.ndarray] = None, device: torch.device = torch.device("cpu")) -> torch.Tensor:
-    """Prompts already on the preprocessed grid -> (C_prompt, *shape) float tensor."""
-    out = torch.zeros((encoding.num_channels, *shape), dtype=torch.float32, device=device)
+                        mask: Optional[np.ndarray] = None, device: torch.device = torch.device("cpu"),
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Prompts already on the preprocessed grid -> (C_prompt, *shape) tensor of 0/1 (``dtype``: torch.uint8 keeps a
+    whole CT's channels at a quarter of float32's memory)."""
+    out = torch.zeros((encoding.num_channels, *shape), dtype=dtype, device=device)
     radius = ball_radius_voxels(encoding.click_radius_mm, spacing)
     draw_balls(out[POS], torch.as_tensor(np.asarray(positive, dtype=np.float32).reshape(-1, 3)), radius)
     draw_balls(out[NEG], torch.as_tensor(np.asarray(negative, dtype=np.float32).reshape(-1, 3)), radius)
     for lo, hi in boxes:
         out[BOX, lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = 1
     if mask is not None:
-        out[MASK] = torch.as_tensor(np.asarray(mask, dtype=np.float32), device=device)
+        out[MASK] = torch.as_tensor(np.asarray(mask, dtype=np.uint8), device=device)
     return out

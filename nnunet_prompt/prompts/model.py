@@ -28,7 +28,6 @@ beside this module and in docs/reference/prompts.md.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -293,34 +292,12 @@ def parse_prompts(data: Any, source: Optional[str] = None, base_dir: Optional[st
     return out
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key):
-        super().__init__(key)
-        self.key = key
-
-
-def _refuse_duplicate_keys(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
 def load_prompts_file(path: str) -> PromptsByCase:
-    if not os.path.isfile(path):
-        raise PromptError(f"Prompts file '{path}' does not exist.")
+    from nnunet_prompt.io_utils import InputFileError, read_json
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f, object_pairs_hook=_refuse_duplicate_keys)
-    except json.JSONDecodeError as e:
-        raise PromptError(f"Prompts file '{path}' is not valid JSON: {e}. See docs/reference/prompts.md for the format.") from None
-    except UnicodeDecodeError as e:
-        raise PromptError(f"Prompts file '{path}' is not UTF-8 text ({e}); a prompts file is JSON.") from None
-    except _DuplicateKey as e:
-        raise PromptError(f"Prompts file '{path}' gives the key '{e.key}' twice (a duplicate key): JSON readers keep "
-                          f"only the last one. Merge the two entries (several prompts of one case go in a list).") from None
+        data = read_json(path, "Prompts file")
+    except InputFileError as e:
+        raise PromptError(f"{e} See docs/reference/prompts.md for the format.") from None
     return parse_prompts(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

@@ -91,9 +91,10 @@ def logit_channel(label_manager: LabelManager, key: TargetKey) -> int:
     return int(key)  # nnU-Net's label values are consecutive: channel = value
 
 
-def unprompted_logits(label_manager: LabelManager, spatial_shape: Sequence[int]) -> torch.Tensor:
+def unprompted_logits(label_manager: LabelManager, spatial_shape: Sequence[int],
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The logit map before any target is predicted: every voxel background."""
-    out = torch.full((label_manager.num_segmentation_heads, *spatial_shape), UNPROMPTED_LOGIT, dtype=torch.float32)
+    out = torch.full((label_manager.num_segmentation_heads, *spatial_shape), UNPROMPTED_LOGIT, dtype=dtype)
     if not label_manager.has_regions:
         out[0] = 0
     return out
