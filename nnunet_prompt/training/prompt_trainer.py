@@ -24,6 +24,7 @@ from typing import Dict, List
 
 import torch
 from torch import autocast
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -35,7 +36,11 @@ from nnunet_prompt.networks.contract import NUM_OUTPUTS, append_empty_prompts_ho
 from nnunet_prompt.prompts.encoding import PromptEncoding
 from nnunet_prompt.prompts.geometry import median_volume_spacing
 from nnunet_prompt.prompts.regions_or_labels import TargetKey, one_target_vs_rest, prompt_targets, training_label_manager
-from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
+from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin, rank_seed
+
+
+def fold_offset(fold) -> int:
+    return fold if isinstance(fold, int) else 0  # fold 'all'
 
 class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
     # the prompt channel layout of a fresh training (recorded in the plans; a model is rebuilt with its recorded one)
@@ -99,10 +104,15 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
     @property
     def simulator(self) -> InteractionSimulator:
         if self._simulator is None:
+            # a stream per DDP rank (rank_seed); its state travels in the checkpoints (random_generators)
             self._simulator = InteractionSimulator(self.prompt_encoding, self.simulation_spacing(),
-                                                   self.simulation_policy, seed=self.simulation_seed + self.fold,
+                                                   self.simulation_policy,
+                                                   seed=rank_seed(self.simulation_seed + fold_offset(self.fold)),
                                                    device=self.device)
         return self._simulator
+
+    def random_generators(self) -> Dict[str, torch.Generator]:
+        return dict(super().random_generators(), simulator=self.simulator.generator)
 
     def simulation_spacing(self):
         """Spacing of the volumes the simulated user sees (patches; 3D also for 2d configurations)."""
@@ -115,8 +125,11 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
                                   self.simulator.generator)
 
     def _forward_prediction(self, x: torch.Tensor) -> torch.Tensor:
+        # refinement passes bypass the DDP wrapper: ranks draw different numbers of rounds, and each DDP forward
+        # is a collective (buffer broadcast) that the other ranks would not match; no gradient flows here anyway
+        net = self.network.module if isinstance(self.network, DDP) else self.network
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            out = self.network(x)
+            out = net(x)
         if isinstance(out, (list, tuple)):
             out = out[0]
         return out.argmax(1).bool()
