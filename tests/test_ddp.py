@@ -7,6 +7,7 @@ import torch
 
 import ddp_harness
 from conftest import CONFIG, DATASET_ID, PLANS
+from test_text_trainer import text_dataset  # noqa: F401 (fixture)
 
 
 def test_standardization_statistics_come_from_the_global_batch(tmp_path):
@@ -42,15 +43,9 @@ def test_single_process_standardization_is_unchanged():
     assert torch.equal(std.running_mean, x.mean(0)) and torch.equal(std.running_var, x.var(0, unbiased=False))
 
 
-def _ddp_train(trainer, tmp_path, steps):
-    ddp_harness.spawn(ddp_harness.training_worker, 2, DATASET_ID if trainer.startswith("Prompt") else trainer_id(trainer),
-                      CONFIG, trainer, PLANS, steps, str(tmp_path))
+def _ddp_train(dataset_id, trainer, tmp_path, steps):
+    ddp_harness.spawn(ddp_harness.training_worker, 2, dataset_id, CONFIG, trainer, PLANS, steps, str(tmp_path))
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-
-
-def trainer_id(trainer):
-    from test_text_trainer import TEXT_DATASET_ID
-    return TEXT_DATASET_ID
 
 
 def _check_ranks_agree(results, ckpt_path):
@@ -64,7 +59,7 @@ def _check_ranks_agree(results, ckpt_path):
     assert not differ, f"ranks' weights differ after DDP steps: {differ[:5]}"
     # one random stream per rank, and the checkpoint (written by rank 0) holds both ranks' states
     from nnunet_prompt.training.recorded_trainer import RNG_KEY
-    assert r0["rng"] and r0["rng"].keys() == r1["rng"].keys()
+    assert r0["rng"].keys() == r1["rng"].keys()
     assert all(not torch.equal(r0["rng"][k], r1["rng"][k]) for k in r0["rng"])
     ckpt = torch.load(ckpt_path, weights_only=False)
     assert len(ckpt[RNG_KEY]) == 2
@@ -78,5 +73,20 @@ def test_prompt_trainer_trains_under_two_process_ddp(planned_dataset, tmp_path, 
     3 DDP train steps on its own data loader's batches: the ranks' weights stay identical."""
     for k, v in planned_dataset["env"].items():
         monkeypatch.setenv(k, v)
-    results = _ddp_train("PromptTrainer_demo", tmp_path, 3)
+    results = _ddp_train(DATASET_ID, "PromptTrainer_demo", tmp_path, 3)
     _check_ranks_agree(results, tmp_path / "checkpoint_ddp.pth")
+    assert results[0]["rng"].keys() == {"simulator"}
+
+
+def test_text_prompt_trainer_trains_under_two_process_ddp(text_dataset, tiny_bert, tmp_path, monkeypatch):
+    """TextPromptTrainer_demo with the tiny BERT, 2 DDP train steps with one case per rank: the weights and the
+    standardisation statistics (updated from the global batch of 2) stay identical on both ranks."""
+    for k, v in text_dataset["env"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("NNUNET_PROMPT_TEXT_MODEL", tiny_bert)
+    results = _ddp_train(text_dataset["id"], "TextPromptTrainer_demo", tmp_path, 2)
+    _check_ranks_agree(results, tmp_path / "checkpoint_ddp.pth")
+    for r in results:  # calibrated (1) + one update per step, although every rank holds a single case
+        assert int(r["weights"]["context_encoder.standardize.num_updates"]) == 3
+    assert not torch.equal(results[0]["initial"]["context_encoder.standardize.running_mean"],
+                           results[0]["weights"]["context_encoder.standardize.running_mean"])
