@@ -96,3 +96,47 @@ def training_worker(rank, world_size, dataset_id, configuration, trainer_name, p
     trainer.save_checkpoint(ckpt)  # all ranks call it (a gather inside); rank 0 writes
     torch.save({"initial": initial, "weights": weights_of(trainer.network), "losses": losses, "keys": keys,
                 "rng": rng, "batch_size": trainer.batch_size}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+# ------------------------------------------------------------- one rank's step, in this process
+def as_one_rank_of_two(trainer):
+    """What a rank of ``nnUNetv2_train -num_gpus 2`` differs in, for an initialised single-process trainer: one case
+    per batch (nnU-Net splits the default batch of 2) and the deep-supervision weights of nnU-Net's DDP loss (its
+    lowest head weighs 1e-6 instead of 0: a head left out of the loss would be an unused parameter)."""
+    import numpy as np
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    trainer.batch_size = 1
+    for m in trainer.loss.modules():
+        if isinstance(m, DeepSupervisionWrapper):
+            w = np.array([1 / 2 ** i for i in range(len(m.weight_factors))])
+            w[-1] = 1e-6
+            m.weight_factors = tuple(w / w.sum())
+    return trainer
+
+
+def parameters_without_gradient(network) -> list:
+    """Trainable parameters the last backward pass did not reach: DDP without find_unused_parameters fails on them."""
+    return [n for n, p in network.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def prompt_modes(trainer):
+    """(initial prompt type, rounds, empty target) combinations a prompt trainer's policy can produce in a step."""
+    rounds = sorted({1, trainer.simulation_policy.num_rounds})
+    return [(kind, r, False) for kind in trainer.simulation_policy.initial_types for r in rounds] + \
+        [(trainer.simulation_policy.initial_types[0], 1, True)]
+
+
+def prompted_step(trainer, batch, kind, rounds, empty):
+    """The trainer's own train_step with the simulated user fixed to one prompt type and number of rounds; ``empty``:
+    a patch without any target (the sample gets no prompt at all)."""
+    import dataclasses
+    trainer.simulator.policy = dataclasses.replace(trainer.simulator.policy, initial_types=(kind,))
+    trainer.draw_rounds = lambda: rounds
+    if empty:
+        t = batch["target"]
+        batch = dict(batch, target=[torch.zeros_like(x) for x in t] if isinstance(t, list) else torch.zeros_like(t))
+    try:
+        return trainer.train_step(batch)
+    finally:
+        del trainer.draw_rounds
+        trainer.simulator.policy = trainer.simulation_policy

@@ -169,10 +169,13 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
                     target=target if as_list else target[0])
 
     # -------------------------------------------------------------- nnU-Net hooks
+    def draw_rounds(self) -> int:
+        """Interaction rounds of the next training batch, uniformly 1..num_rounds."""
+        return 1 + int(torch.randint(self.simulation_policy.num_rounds, (1,), generator=self.simulator.generator,
+                                     device=self.simulator.generator.device).item())
+
     def train_step(self, batch: dict) -> dict:
-        rounds = 1 + int(torch.randint(self.simulation_policy.num_rounds, (1,), generator=self.simulator.generator,
-                                       device=self.simulator.generator.device).item())
-        batch = self._prompted_batch(batch, rounds)
+        batch = self._prompted_batch(batch, self.draw_rounds())
         self._sync()
         t0 = time.perf_counter()
         out = super().train_step(batch)
