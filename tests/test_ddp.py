@@ -7,7 +7,6 @@ import torch
 
 import ddp_harness
 from conftest import CONFIG, DATASET_ID, PLANS
-from test_text_trainer import text_dataset  # noqa: F401 (fixture)
 
 
 def test_standardization_statistics_come_from_the_global_batch(tmp_path):
