@@ -402,3 +402,27 @@ def test_interactive_session_prompts_a_2d_model_slice_by_slice(box_trained, sam_
     assert s.last_region == ((6, 0, 0), (7, height, width))
     s.undo()
     assert not s.mask[6].any() and (s.mask == mask).all()
+
+
+@pytest.mark.parametrize("did,name", [(TWO_LABEL_ID, "SAMLoRATrainer"), (TWO_LABEL_ID, "SAMLoRATrainer_SeqLoRA_noPrompt"),
+                                      (ONE_LABEL_ID, "SAMLoRATrainer_box"), (ONE_LABEL_ID, "SAMLoRATrainer_prompt"),
+                                      (ONE_LABEL_ID, "SAMLoRATrainer_GaRPA_ProViCMA"),
+                                      (ONE_LABEL_ID, "SAMLoRATrainer_SeqLoRA")])
+def test_every_trainable_parameter_gets_a_gradient_on_one_ddp_rank(sam_datasets, monkeypatch, did, name):
+    """DDP (-num_gpus) runs without find_unused_parameters: one rank's steps (one case; ddp_harness) through the
+    trainer's train_step reach every trainable parameter, in every prompt mode of a prompted variant."""
+    from ddp_harness import as_one_rank_of_two, parameters_without_gradient, prompt_modes, prompted_step
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv(ENV_VAR, sam_datasets["sam_file"])
+    t = _trainer(sam_datasets, did, name)
+    t.initialize()
+    as_one_rank_of_two(t)
+    dl, _ = t.get_dataloaders()
+    t.network.train()
+    modes = prompt_modes(t) if hasattr(t, "simulator") else [None, None]
+    for mode in modes:
+        batch = next(dl)
+        assert batch["data"].shape[0] == 1
+        t.train_step(batch) if mode is None else prompted_step(t, batch, *mode)
+        missing = parameters_without_gradient(t.network)
+        assert not missing, f"{name} {mode}: {missing}"
