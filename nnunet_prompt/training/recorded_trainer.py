@@ -66,6 +66,12 @@ class RecordedTrainerMixin:
     """Mix in front of nnUNetTrainer. Subclasses contribute ``record_fields()`` (cooperatively, via super()) and
     ``network_options()``; ``build_network_architecture`` reads ``record_from_plans(plans_manager.plans)``."""
 
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        # `--c` (run_training puts it into the plans; nnU-Net pops it): an unreadable checkpoint may fall back then
+        self._continue_training = bool(plans.get("continue_training", False))
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
     @classmethod
     def network_options(cls) -> dict:
         """The trainer family's network options as stored in the record (the network is rebuilt from these)."""
@@ -170,7 +176,7 @@ class RecordedTrainerMixin:
         folder = os.path.dirname(os.path.abspath(path))
         others = [os.path.join(folder, n) for n in CHECKPOINT_NAMES
                   if n != os.path.basename(path) and os.path.isfile(os.path.join(folder, n))]
-        if not self.plans_manager.plans.get("continue_training") or not others:
+        if not self._continue_training or not others:
             raise CheckpointLoadError(f"{error} No other checkpoint of this fold to continue from: delete it and "
                                       f"train anew (without --c).") from error.__cause__
         failures = [str(error)]
