@@ -10,6 +10,7 @@ all-reduce and its unused-parameter check) is nnU-Net's and torch's own code.
 
 Workers write their results with torch.save to ``out_dir/rank{r}.pt``; the test compares them.
 """
+import datetime
 import os
 import socket
 
@@ -55,7 +56,8 @@ def spawn(fn, world_size: int, *args):
 def _entry(rank, fn, world_size, args):
     import torch.distributed as dist
     torch.set_num_threads(1)  # 2 cores, 2 ranks
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # a mismatched collective (one rank waiting in a broadcast the other never starts) fails instead of hanging
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=90))
     try:
         fn(rank, world_size, *args)
     finally:
@@ -140,3 +142,11 @@ def prompted_step(trainer, batch, kind, rounds, empty):
     finally:
         del trainer.draw_rounds
         trainer.simulator.policy = trainer.simulation_policy
+
+
+def resume_worker(rank, world_size, dataset_id, configuration, trainer_name, plans, checkpoint, out_dir):
+    """A new trainer per rank loads a DDP checkpoint (what --c does) and reports its generators' states."""
+    trainer = cpu_ddp_trainer(dataset_id, configuration, trainer_name, plans, continue_training=True)
+    trainer.load_checkpoint(checkpoint)
+    torch.save({"rng": {name: g.get_state() for name, g in trainer.random_generators().items()},
+                "weights": weights_of(trainer.network)}, os.path.join(out_dir, f"resumed{rank}.pt"))

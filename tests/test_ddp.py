@@ -69,12 +69,20 @@ def _check_ranks_agree(results, ckpt_path):
 
 def test_prompt_trainer_trains_under_two_process_ddp(planned_dataset, tmp_path, monkeypatch):
     """PromptTrainer_demo (up to 2 interaction rounds, so the ranks run different numbers of refinement passes),
-    3 DDP train steps on its own data loader's batches: the ranks' weights stay identical."""
+    3 DDP train steps on its own data loader's batches: the ranks' weights stay identical, each rank has its own
+    simulator stream, and new trainers that load the checkpoint (as --c does) continue each rank's stream."""
     for k, v in planned_dataset["env"].items():
         monkeypatch.setenv(k, v)
     results = _ddp_train(DATASET_ID, "PromptTrainer_demo", tmp_path, 3)
     _check_ranks_agree(results, tmp_path / "checkpoint_ddp.pth")
     assert results[0]["rng"].keys() == {"simulator"}
+    # --c under DDP: every rank continues its own stream
+    ddp_harness.spawn(ddp_harness.resume_worker, 2, DATASET_ID, CONFIG, "PromptTrainer_demo", PLANS,
+                      str(tmp_path / "checkpoint_ddp.pth"), str(tmp_path))
+    for rank in range(2):
+        resumed = torch.load(tmp_path / f"resumed{rank}.pt", weights_only=False)
+        assert torch.equal(resumed["rng"]["simulator"], results[rank]["rng"]["simulator"]), rank
+        assert all(torch.equal(resumed["weights"][k], v) for k, v in results[0]["weights"].items())
 
 
 def test_text_prompt_trainer_trains_under_two_process_ddp(text_dataset, tiny_bert, tmp_path, monkeypatch):

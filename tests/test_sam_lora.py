@@ -426,3 +426,21 @@ def test_every_trainable_parameter_gets_a_gradient_on_one_ddp_rank(sam_datasets,
         t.train_step(batch) if mode is None else prompted_step(t, batch, *mode)
         missing = parameters_without_gradient(t.network)
         assert not missing, f"{name} {mode}: {missing}"
+
+
+def test_prompted_sam_trains_under_two_process_ddp(sam_datasets, tmp_path, monkeypatch):
+    """SAMLoRATrainer_GaRPA_ProViCMA under real DDP (2 processes, gloo; see ddp_harness): the SAM network has buffers,
+    which DDP broadcasts on every forward pass, and the ranks draw different numbers of interaction rounds (1..5), so
+    refinement passes must not go through the DDP wrapper; after 3 steps the ranks' weights are identical."""
+    import ddp_harness
+    for k, v in sam_datasets["env"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv(ENV_VAR, sam_datasets["sam_file"])
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    name = "SAMLoRATrainer_GaRPA_ProViCMA"
+    ddp_harness.spawn(ddp_harness.training_worker, 2, ONE_LABEL_ID, CONFIG, name, PLANS, 3, str(tmp_path))
+    r0, r1 = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert r0["batch_size"] == r1["batch_size"] == 1
+    assert any(not torch.equal(r0["initial"][k], v) for k, v in r0["weights"].items())
+    assert [k for k in r0["weights"] if not torch.equal(r0["weights"][k], r1["weights"][k])] == []
+    assert not torch.equal(r0["rng"]["simulator"], r1["rng"]["simulator"])

@@ -24,7 +24,6 @@ from typing import Dict, List
 
 import torch
 from torch import autocast
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -36,7 +35,7 @@ from nnunet_prompt.networks.contract import NUM_OUTPUTS, append_empty_prompts_ho
 from nnunet_prompt.prompts.encoding import PromptEncoding
 from nnunet_prompt.prompts.geometry import median_volume_spacing
 from nnunet_prompt.prompts.regions_or_labels import TargetKey, one_target_vs_rest, prompt_targets, training_label_manager
-from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin, rank_seed
+from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin, rank_seed, without_ddp
 
 
 def fold_offset(fold) -> int:
@@ -125,9 +124,8 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
                                   self.simulator.generator)
 
     def _forward_prediction(self, x: torch.Tensor) -> torch.Tensor:
-        # refinement passes bypass the DDP wrapper: ranks draw different numbers of rounds, and each DDP forward
-        # is a collective (buffer broadcast) that the other ranks would not match; no gradient flows here anyway
-        net = self.network.module if isinstance(self.network, DDP) else self.network
+        # ranks draw different numbers of rounds: no DDP forward here (see without_ddp); no gradient flows anyway
+        net = without_ddp(self.network)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             out = net(x)
         if isinstance(out, (list, tuple)):
