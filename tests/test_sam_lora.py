@@ -429,9 +429,10 @@ def test_every_trainable_parameter_gets_a_gradient_on_one_ddp_rank(sam_datasets,
 
 
 def test_prompted_sam_trains_under_two_process_ddp(sam_datasets, tmp_path, monkeypatch):
-    """SAMLoRATrainer_GaRPA_ProViCMA under real DDP (2 processes, gloo; see ddp_harness): the SAM network has buffers,
-    which DDP broadcasts on every forward pass, and the ranks draw different numbers of interaction rounds (1..5), so
-    refinement passes must not go through the DDP wrapper; after 3 steps the ranks' weights are identical."""
+    """SAMLoRATrainer_GaRPA_ProViCMA under real DDP (2 processes, gloo; see ddp_harness): the SAM network has buffers
+    (DDP broadcasts them before a forward pass) and the ranks draw different numbers of interaction rounds (1..5),
+    i.e. run different numbers of no-grad refinement passes through the DDP wrapper; the collectives still match (no
+    timeout) and after 3 steps the ranks' weights are identical."""
     import ddp_harness
     for k, v in sam_datasets["env"].items():
         monkeypatch.setenv(k, v)

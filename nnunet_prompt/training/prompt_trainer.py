@@ -35,7 +35,7 @@ from nnunet_prompt.networks.contract import NUM_OUTPUTS, append_empty_prompts_ho
 from nnunet_prompt.prompts.encoding import PromptEncoding
 from nnunet_prompt.prompts.geometry import median_volume_spacing
 from nnunet_prompt.prompts.regions_or_labels import TargetKey, one_target_vs_rest, prompt_targets, training_label_manager
-from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin, rank_seed, without_ddp
+from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin, rank_seed
 
 
 def fold_offset(fold) -> int:
@@ -124,10 +124,11 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
                                   self.simulator.generator)
 
     def _forward_prediction(self, x: torch.Tensor) -> torch.Tensor:
-        # ranks draw different numbers of rounds: no DDP forward here (see without_ddp); no gradient flows anyway
-        net = without_ddp(self.network)
+        # under DDP, ranks may run different numbers of these passes: DDP broadcasts buffers only at the first
+        # forward after a gradient-enabled one, so these no-grad passes issue no unmatched collective
+        # (tests/test_sam_lora.py trains a SAM network, which has buffers, this way under two-process DDP)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            out = net(x)
+            out = self.network(x)
         if isinstance(out, (list, tuple)):
             out = out[0]
         return out.argmax(1).bool()

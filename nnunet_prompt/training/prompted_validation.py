@@ -34,7 +34,6 @@ from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy
 from nnunet_prompt.interaction.simulation import InteractionSimulator
 from nnunet_prompt.io_utils import atomic_write_json
 from nnunet_prompt.prompts.regions_or_labels import as_json, sorted_targets, target_mask
-from nnunet_prompt.training.recorded_trainer import without_ddp
 
 
 def evaluated_regions_or_labels(trainer) -> list:
@@ -112,9 +111,8 @@ def run_prompted_validation(trainer, save_probabilities: bool = False) -> None:
     predictor = PromptPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                 perform_everything_on_device=True, device=trainer.device, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
-    # ranks validate different cases and tiles: no DDP forward passes (recorded_trainer.without_ddp)
-    predictor.manual_initialization(without_ddp(trainer.network), trainer.plans_manager, trainer.configuration_manager,
-                                    None, trainer.dataset_json, trainer.__class__.__name__,
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, trainer.__class__.__name__,
                                     trainer.inference_allowed_mirroring_axes)
     predictor.prompt_encoding = trainer.prompt_encoding
 

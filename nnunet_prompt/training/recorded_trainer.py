@@ -51,13 +51,6 @@ def rank_seed(seed: int) -> int:
     return int(seed) + RANK_SEED_STRIDE * _rank_and_world()[0]
 
 
-def without_ddp(network: torch.nn.Module) -> torch.nn.Module:
-    """The network inside a DDP wrapper (torch.compile's kept). For forward passes that ranks run unequally often
-    (refinement rounds, the final validation's cases and tiles): every DDP forward broadcasts the module's buffers
-    (text standardisation, SAM's base fingerprint), a collective that the other ranks would not match."""
-    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
-
-
 def read_checkpoint(path: str, map_location) -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
@@ -99,20 +92,6 @@ class RecordedTrainerMixin:
         if not self.was_initialized and PLANS_KEY not in self.plans_manager.plans:
             put_record(self.plans_manager.plans, self.fresh_record())
         super().initialize()
-
-    # ------------------------------------------------------------- DDP
-    def set_deep_supervision_enabled(self, enabled: bool):
-        from nnunet_prompt.networks.contract import unwrap
-        unwrap(self.network).decoder.deep_supervision = enabled  # nnU-Net's, also while the DDP wrapper is off
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        """nnU-Net's final validation with the DDP wrapper taken off (ranks predict different cases; see
-        without_ddp). Trainers with their own final validation (prompt, text) take it off there."""
-        wrapped, self.network = self.network, without_ddp(self.network)
-        try:
-            return super().perform_actual_validation(save_probabilities)
-        finally:
-            self.network = wrapped
 
     # ------------------------------------------------------------- checkpoints
     def random_generators(self) -> Dict[str, torch.Generator]:

@@ -30,7 +30,7 @@ from nnunet_prompt.model_record import PLANS_KEY, ModelRecordError, record_from_
 from nnunet_prompt.networks.contract import unwrap
 from nnunet_prompt.text.config import ClinicalContextConfig
 from nnunet_prompt.text.text_unet import TextConditionedUNet
-from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin, without_ddp
+from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
 from nnunet_prompt.training.side_keeping_augmentation import SideKeepingAugmentation
 
 EMPTY_ENTRY = {"text": "", "fields": {}}
@@ -141,9 +141,8 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                     perform_everything_on_device=True, device=self.device, verbose=False,
                                     verbose_preprocessing=False, allow_tqdm=False)
-        # ranks validate different cases and tiles: no DDP forward passes (recorded_trainer.without_ddp)
-        predictor.manual_initialization(without_ddp(self.network), self.plans_manager, self.configuration_manager,
-                                        None, self.dataset_json, self.__class__.__name__, None)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__, None)
         key = self.context_config.entry_key
 
         def predict_case(k, data, seg):
