@@ -116,3 +116,16 @@ def test_c_with_a_truncated_checkpoint_falls_back_or_stops_clearly(trained, tmp_
     tail = proc.stdout[-3000:]
     assert "CheckpointLoadError" in tail and f"Checkpoint {latest} does not load" in tail
     assert f"Checkpoint {best_path} does not load" in tail and "No checkpoint of this fold loads" in tail
+
+
+def test_without_c_a_damaged_checkpoint_is_an_error_naming_it(stepped, planned_dataset, tmp_path):
+    """--val, --val_best and direct loads never switch to another checkpoint: one error that names the file."""
+    from nnunet_prompt.training.recorded_trainer import CheckpointLoadError
+    _, path = stepped
+    damaged = tmp_path / "checkpoint_final.pth"
+    shutil.copy(path, damaged)
+    shutil.copy(path, tmp_path / "checkpoint_best.pth")
+    _truncate(damaged)
+    with pytest.raises(CheckpointLoadError, match=f"Checkpoint {damaged} does not load") as info:
+        _psap_trainer(planned_dataset).load_checkpoint(str(damaged))
+    assert "checkpoint_best" not in str(info.value)

@@ -32,7 +32,7 @@ from nnunet_prompt.model_record import (PLANS_KEY, ModelRecord, ModelRecordError
 
 RNG_KEY = "nnunet_prompt_rng"  # checkpoint key: one {name: (device type, state)} per DDP rank
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")  # run_training's order
-RANK_SEED_STRIDE = 1000003  # a prime: rank streams never coincide with another fold's (seeds differ by fold)
+RANK_SEED_STRIDE = 1000003  # far above any fold offset: no (fold, rank) pair shares another's seed
 
 
 class CheckpointLoadError(RuntimeError):
@@ -108,8 +108,8 @@ class RecordedTrainerMixin:
         rank, world = _rank_and_world()
         if len(saved) != world:
             self.print_to_log_file(f"the checkpoint holds random generator states of {len(saved)} rank(s), this run "
-                                   f"has {world}: " + ("rank 0 continues its stream, the others start from their seeds"
-                                                       if rank < len(saved) else "this rank starts from its seed"))
+                                   f"has {world}: ranks 0..{min(len(saved), world) - 1} continue their streams, "
+                                   f"any other rank starts from its seed")
         if rank >= len(saved):
             return
         for name, g in self.random_generators().items():
@@ -176,7 +176,9 @@ class RecordedTrainerMixin:
         folder = os.path.dirname(os.path.abspath(path))
         others = [os.path.join(folder, n) for n in CHECKPOINT_NAMES
                   if n != os.path.basename(path) and os.path.isfile(os.path.join(folder, n))]
-        if not self._continue_training or not others:
+        if not self._continue_training:  # --val, --val_best, prediction: no silent switch to another model
+            raise error
+        if not others:
             raise CheckpointLoadError(f"{error} No other checkpoint of this fold to continue from: delete it and "
                                       f"train anew (without --c).") from error.__cause__
         failures = [str(error)]
