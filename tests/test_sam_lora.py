@@ -247,7 +247,7 @@ def test_k_class_training_through_nnunet_and_seqlora_hand_over(sam_datasets, mon
     ckpt = str(tmp_path / "stage1.pth")
     s1.save_checkpoint(ckpt)
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    # nnU-Net's own checkpoint (not rewritten by us) carries the record in its init_args' plans
+    # the checkpoint (nnU-Net's dict, see recorded_trainer.save_checkpoint) carries the record in its init_args' plans
     assert saved["init_args"]["plans"][PLANS_KEY]["sam"]["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
     assert not any(SAMSegNet_is_base(k) for k in saved["network_weights"])
 
