@@ -86,6 +86,17 @@ def planned_dataset(tmp_path_factory):
             os.environ[k] = v
 
 
+TEXT_DATASET_ID = 996  # 992 is the multi-class test's dataset in the same folders
+
+
+@pytest.fixture(scope="session")
+def text_dataset(planned_dataset):
+    """Dataset996 beside the session's Dataset991: laterality and N stage decide the target (label 2 = node).
+    (Here, not in test_text_trainer.py, so that test_ddp.py shares the session's one.)"""
+    raw = make_tiny_dataset(planned_dataset["env"], TEXT_DATASET_ID, "TinyTextHN", nodal_involvement=0.5)
+    return dict(planned_dataset, raw=raw, name=os.path.basename(raw), id=TEXT_DATASET_ID)
+
+
 def train_demo_trainer(planned_dataset: dict, trainer: str, iterations: int) -> dict:
     """A *_demo trainer trained for 1 epoch of `iterations` with `nnUNetv2_train` on the tiny dataset; returns
     planned_dataset plus the model folder, the env (short schedule; a --c run adds epochs to it), log, command."""

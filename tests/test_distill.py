@@ -150,3 +150,19 @@ def test_the_distilled_student_predicts_with_plain_nnunetv2_predict(student_fold
     assert proc.returncode == 0, proc.stdout[-5000:]
     cases = sorted(f[:-12] for f in os.listdir(os.path.join(raw, "imagesTs")))
     assert sorted(f[:-7] for f in os.listdir(out) if f.endswith(".nii.gz")) == cases
+
+
+def test_every_student_parameter_gets_a_gradient_on_one_ddp_rank(sam3d_plans, teacher_env):
+    """DDP (-num_gpus) runs without find_unused_parameters: one rank's distillation step (one case, nnU-Net's DDP
+    deep-supervision weights; ddp_harness) reaches every student parameter; the teacher is outside the DDP module."""
+    from ddp_harness import as_one_rank_of_two, parameters_without_gradient
+    trainer = _student(sam3d_plans, "DistillTrainer")
+    trainer.initialize()
+    as_one_rank_of_two(trainer)
+    dl_train, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    batch = next(dl_train)
+    assert batch["data"].shape[0] == 1
+    assert np.isfinite(trainer.train_step(batch)["loss"])
+    missing = parameters_without_gradient(trainer.network)
+    assert not missing, missing

@@ -213,3 +213,23 @@ def test_nnunetv2_train_stores_the_sam_reference_and_resumes_with_c(teacher_fold
                       weights_only=False)
     assert ckpt["current_epoch"] == 2
     assert "Epoch 1" in proc.stdout and "Epoch 0" not in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["SAMAdapter3DTrainer", "SAMAdapter3DTrainer_noAPG", "SAMAdapter3DTrainer_noMLA",
+                                  "SAMAdapter3DTrainer_noAPG_noMLA"])
+def test_every_trainable_parameter_gets_a_gradient_on_one_ddp_rank(sam3d_plans, tiny_sam, monkeypatch, name):
+    """DDP (-num_gpus) runs without find_unused_parameters: one rank's step (one case; ddp_harness) reaches every
+    adapter, APG, decoder and depth-table parameter that trains, in each Table 3 ablation."""
+    from ddp_harness import as_one_rank_of_two, parameters_without_gradient
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv(ENV_VAR, tiny_sam)
+    trainer = _trainer(sam3d_plans, name)
+    trainer.initialize()
+    as_one_rank_of_two(trainer)
+    dl_train, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    batch = next(dl_train)
+    assert batch["data"].shape[0] == 1
+    assert np.isfinite(trainer.train_step(batch)["loss"])
+    missing = parameters_without_gradient(trainer.network)
+    assert not missing, missing

@@ -247,7 +247,7 @@ def test_k_class_training_through_nnunet_and_seqlora_hand_over(sam_datasets, mon
     ckpt = str(tmp_path / "stage1.pth")
     s1.save_checkpoint(ckpt)
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    # nnU-Net's own checkpoint (not rewritten by us) carries the record in its init_args' plans
+    # the checkpoint (nnU-Net's dict, see recorded_trainer.save_checkpoint) carries the record in its init_args' plans
     assert saved["init_args"]["plans"][PLANS_KEY]["sam"]["base"]["path"] == os.path.abspath(sam_datasets["sam_file"])
     assert not any(SAMSegNet_is_base(k) for k in saved["network_weights"])
 
@@ -402,3 +402,46 @@ def test_interactive_session_prompts_a_2d_model_slice_by_slice(box_trained, sam_
     assert s.last_region == ((6, 0, 0), (7, height, width))
     s.undo()
     assert not s.mask[6].any() and (s.mask == mask).all()
+
+
+@pytest.mark.parametrize("did,name", [(TWO_LABEL_ID, "SAMLoRATrainer"), (TWO_LABEL_ID, "SAMLoRATrainer_SeqLoRA_noPrompt"),
+                                      (ONE_LABEL_ID, "SAMLoRATrainer_box"), (ONE_LABEL_ID, "SAMLoRATrainer_prompt"),
+                                      (ONE_LABEL_ID, "SAMLoRATrainer_GaRPA_ProViCMA"),
+                                      (ONE_LABEL_ID, "SAMLoRATrainer_SeqLoRA")])
+def test_every_trainable_parameter_gets_a_gradient_on_one_ddp_rank(sam_datasets, monkeypatch, did, name):
+    """DDP (-num_gpus) runs without find_unused_parameters: one rank's steps (one case; ddp_harness) through the
+    trainer's train_step reach every trainable parameter, in every prompt mode of a prompted variant."""
+    from ddp_harness import as_one_rank_of_two, parameters_without_gradient, prompt_modes, prompted_step
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv(ENV_VAR, sam_datasets["sam_file"])
+    t = _trainer(sam_datasets, did, name)
+    t.initialize()
+    as_one_rank_of_two(t)
+    dl, _ = t.get_dataloaders()
+    t.network.train()
+    modes = prompt_modes(t) if hasattr(t, "simulator") else [None, None]
+    for mode in modes:
+        batch = next(dl)
+        assert batch["data"].shape[0] == 1
+        t.train_step(batch) if mode is None else prompted_step(t, batch, *mode)
+        missing = parameters_without_gradient(t.network)
+        assert not missing, f"{name} {mode}: {missing}"
+
+
+def test_prompted_sam_trains_under_two_process_ddp(sam_datasets, tmp_path, monkeypatch):
+    """SAMLoRATrainer_GaRPA_ProViCMA under real DDP (2 processes, gloo; see ddp_harness): the SAM network has buffers
+    (DDP broadcasts them before a forward pass) and the ranks draw different numbers of interaction rounds (1..5),
+    i.e. run different numbers of no-grad refinement passes through the DDP wrapper; the collectives still match (no
+    timeout) and after 3 steps the ranks' weights are identical."""
+    import ddp_harness
+    for k, v in sam_datasets["env"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv(ENV_VAR, sam_datasets["sam_file"])
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    name = "SAMLoRATrainer_GaRPA_ProViCMA"
+    ddp_harness.spawn(ddp_harness.training_worker, 2, ONE_LABEL_ID, CONFIG, name, PLANS, 3, str(tmp_path))
+    r0, r1 = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert r0["batch_size"] == r1["batch_size"] == 1
+    assert any(not torch.equal(r0["initial"][k], v) for k, v in r0["weights"].items())
+    assert [k for k in r0["weights"] if not torch.equal(r0["weights"][k], r1["weights"][k])] == []
+    assert not torch.equal(r0["rng"]["simulator"], r1["rng"]["simulator"])

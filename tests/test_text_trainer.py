@@ -8,17 +8,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import CONFIG, PLANS, console_script, make_tiny_dataset, run
+from conftest import CONFIG, PLANS, console_script, run
 
-TEXT_DATASET_ID = 996  # 992 is the multi-class test's dataset in the same folders
-TRAINER = "TextPromptTrainer_demo"
-
-
-@pytest.fixture(scope="session")
-def text_dataset(planned_dataset):
-    """Dataset996 beside the session's Dataset991: laterality and N stage decide the target (label 2 = node)."""
-    raw = make_tiny_dataset(planned_dataset["env"], TEXT_DATASET_ID, "TinyTextHN", nodal_involvement=0.5)
-    return dict(planned_dataset, raw=raw, name=os.path.basename(raw), id=TEXT_DATASET_ID)
+TRAINER = "TextPromptTrainer_demo"  # text_dataset (Dataset996): conftest.py
 
 
 def _train(ds, trainer, env_extra, extra_args=()):
@@ -162,3 +154,58 @@ def test_interactive_session_takes_text(text_trained):
     assert np.array_equal(s.undo(), first)
     with pytest.raises(ValueError, match="set_text"):
         s.add_point((5, 5, 5))
+
+
+# ----------------------------------------------------------------------------- DDP, resume (issue 15)
+def _text_trainer(text_dataset, name):
+    from nnunetv2.utilities.file_path_utilities import load_json
+    import nnunet_prompt_trainers.TextPromptTrainer as module
+    pre = os.path.join(text_dataset["env"]["nnUNet_preprocessed"], text_dataset["name"])
+    return getattr(module, name)(dict(load_json(os.path.join(pre, f"{PLANS}.json")), continue_training=False), CONFIG,
+                                 0, load_json(os.path.join(pre, "dataset.json")), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["TextPromptTrainer", "TextPromptTrainer_categories", "TextPromptTrainer_1group"])
+def test_every_trainable_parameter_gets_a_gradient_on_one_ddp_rank(text_dataset, tiny_bert, monkeypatch, name):
+    """One rank's step of `-num_gpus 2` (one case, nnU-Net's DDP loss weights; ddp_harness.as_one_rank_of_two)
+    through the trainer's train_step: prompt vectors, [SEG], fusions and U-Net all get a gradient (DDP runs
+    without find_unused_parameters)."""
+    from ddp_harness import as_one_rank_of_two, parameters_without_gradient
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("NNUNET_PROMPT_TEXT_MODEL", tiny_bert)
+    trainer = _text_trainer(text_dataset, name)
+    trainer.initialize()
+    as_one_rank_of_two(trainer)
+    dl_train, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    for _ in range(2):
+        batch = next(dl_train)
+        assert batch["data"].shape[0] == 1
+        assert np.isfinite(trainer.train_step(batch)["loss"])
+        missing = parameters_without_gradient(trainer.network)
+        assert not missing, missing
+
+
+def test_standardization_statistics_are_checkpointed_and_restored(text_dataset, tiny_bert, monkeypatch, tmp_path):
+    """The running statistics are buffers: a checkpoint holds them and load_checkpoint (what --c does) restores them,
+    so on_train_start does not calibrate again (it does only while num_updates == 0)."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("NNUNET_PROMPT_TEXT_MODEL", tiny_bert)
+    trainer = _text_trainer(text_dataset, TRAINER)
+    trainer.initialize()
+    encoder = trainer.network.context_encoder
+    tr_keys, _ = trainer.do_split()
+    encoder.calibrate(sorted({trainer.entry(k)["text"] for k in tr_keys}))
+    dl_train, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    trainer.train_step(next(dl_train))  # a batch of 2: one running update
+    saved = {k: v.clone() for k, v in encoder.standardize.state_dict().items()}
+    assert int(saved["num_updates"]) == 2
+    path = str(tmp_path / "checkpoint_latest.pth")
+    trainer.save_checkpoint(path)
+    weights = torch.load(path, weights_only=False)["network_weights"]
+    assert all(torch.equal(weights[f"context_encoder.standardize.{k}"], v) for k, v in saved.items())
+    resumed = _text_trainer(text_dataset, TRAINER)
+    resumed.load_checkpoint(path)
+    got = resumed.network.context_encoder.standardize.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in saved.items())

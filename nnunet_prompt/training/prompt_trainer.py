@@ -35,7 +35,11 @@ from nnunet_prompt.networks.contract import NUM_OUTPUTS, append_empty_prompts_ho
 from nnunet_prompt.prompts.encoding import PromptEncoding
 from nnunet_prompt.prompts.geometry import median_volume_spacing
 from nnunet_prompt.prompts.regions_or_labels import TargetKey, one_target_vs_rest, prompt_targets, training_label_manager
-from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
+from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin, rank_seed
+
+
+def fold_offset(fold) -> int:
+    return fold if isinstance(fold, int) else 0  # fold 'all'
 
 class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
     # the prompt channel layout of a fresh training (recorded in the plans; a model is rebuilt with its recorded one)
@@ -99,10 +103,15 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
     @property
     def simulator(self) -> InteractionSimulator:
         if self._simulator is None:
+            # a stream per DDP rank (rank_seed); its state travels in the checkpoints (random_generators)
             self._simulator = InteractionSimulator(self.prompt_encoding, self.simulation_spacing(),
-                                                   self.simulation_policy, seed=self.simulation_seed + self.fold,
+                                                   self.simulation_policy,
+                                                   seed=rank_seed(self.simulation_seed + fold_offset(self.fold)),
                                                    device=self.device)
         return self._simulator
+
+    def random_generators(self) -> Dict[str, torch.Generator]:
+        return dict(super().random_generators(), simulator=self.simulator.generator)
 
     def simulation_spacing(self):
         """Spacing of the volumes the simulated user sees (patches; 3D also for 2d configurations)."""
@@ -115,6 +124,9 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
                                   self.simulator.generator)
 
     def _forward_prediction(self, x: torch.Tensor) -> torch.Tensor:
+        # under DDP, ranks may run different numbers of these passes: DDP broadcasts buffers only at the first
+        # forward after a gradient-enabled one, so these no-grad passes issue no unmatched collective
+        # (tests/test_sam_lora.py trains a SAM network, which has buffers, this way under two-process DDP)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             out = self.network(x)
         if isinstance(out, (list, tuple)):
@@ -156,10 +168,13 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
                     target=target if as_list else target[0])
 
     # -------------------------------------------------------------- nnU-Net hooks
+    def draw_rounds(self) -> int:
+        """Interaction rounds of the next training batch, uniformly 1..num_rounds."""
+        return 1 + int(torch.randint(self.simulation_policy.num_rounds, (1,), generator=self.simulator.generator,
+                                     device=self.simulator.generator.device).item())
+
     def train_step(self, batch: dict) -> dict:
-        rounds = 1 + int(torch.randint(self.simulation_policy.num_rounds, (1,), generator=self.simulator.generator,
-                                       device=self.simulator.generator.device).item())
-        batch = self._prompted_batch(batch, rounds)
+        batch = self._prompted_batch(batch, self.draw_rounds())
         self._sync()
         t0 = time.perf_counter()
         out = super().train_step(batch)

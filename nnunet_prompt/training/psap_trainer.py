@@ -21,7 +21,8 @@ from nnunet_prompt.networks.contract import NUM_OUTPUTS, unwrap
 from nnunet_prompt.networks.cross_patch_prompt import CrossPatchPromptNet
 from nnunet_prompt.networks.psap import PSAPUNet
 from nnunet_prompt.training.cross_patch_training import CrossPatchLoss, CrossPatchStep, sample_pairs
-from nnunet_prompt.training.prompt_trainer import PromptTrainerBase
+from nnunet_prompt.training.prompt_trainer import PromptTrainerBase, fold_offset
+from nnunet_prompt.training.recorded_trainer import rank_seed
 
 
 class PSAPTrainerBase(PromptTrainerBase):
@@ -39,7 +40,11 @@ class PSAPTrainerBase(PromptTrainerBase):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         # pair sampling has its own CPU generator: it must not shift the simulated user's random stream
-        self._pair_generator = torch.Generator().manual_seed(self.simulation_seed + 7919 * (self.fold if isinstance(self.fold, int) else 0))
+        # (one stream per DDP rank, kept in checkpoints as the simulator's)
+        self._pair_generator = torch.Generator().manual_seed(rank_seed(self.simulation_seed + 7919 * fold_offset(self.fold)))
+
+    def random_generators(self):
+        return dict(super().random_generators(), pair_sampling=self._pair_generator)
 
     @classmethod
     def network_options(cls) -> dict:
