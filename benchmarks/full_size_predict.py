@@ -8,7 +8,9 @@ NarrowUNetPlanner on CT-like phantoms at 1 x 1 x 2.5 mm, predicts one generated 
 at the same spacing, twice, each in a fresh process:
 
 - ``nnUNetv2_predict`` (nnU-Net's own command; the model's empty-prompt hook gives it zero prompt channels);
-- ``nnunet-prompt predict`` with one prompt (a box and a click around the phantom's object).
+- ``nnunet-prompt predict`` with one prompt (a box and a click around the phantom's object);
+- ``InteractiveSession``: load the model, ``set_image`` of the volume's file, one click (region growth off, as in
+  click_reply.py: with random weights it would grow over the image), the changed box copied out.
 
 Same sliding window (``--step-size``; 1.0 on a 2-core CPU keeps a run to minutes, 0.5 is nnU-Net's default),
 no mirroring, one preprocessing and one export worker each. Peak memory is the largest sum of the proportional
@@ -132,7 +134,8 @@ def main():
               "-f", "0", "-step_size", str(a.step_size), "--disable_tta", "-npp", "1", "-nps", "1", "-device", a.device]
     bindir = os.path.dirname(sys.executable)
     session = ("import sys, time; from nnunet_prompt.inference.session import InteractiveSession; "
-               "s = InteractiveSession(sys.argv[1], 0, sys.argv[2]); t = time.perf_counter(); s.set_image(sys.argv[3]); "
+               "s = InteractiveSession(sys.argv[1], 0, sys.argv[2]); s.grow = False; t = time.perf_counter(); "
+               "s.set_image(sys.argv[3]); "
                "t1 = time.perf_counter(); box = s.add_point(tuple(map(float, sys.argv[4:7])), return_mask=False); "
                "s.mask_in(box); print(f'set_image {t1 - t:.1f} s, click {time.perf_counter() - t1:.2f} s')")
     results = {}

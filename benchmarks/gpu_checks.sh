@@ -29,6 +29,8 @@ run click_reply $PY benchmarks/click_reply.py --device cuda --clicks 10
 run sam_lora_step $PY benchmarks/sam_lora_step.py --device cuda --size 512 --iters 300
 # issue 8: 3D-adapted ViT-B at 128^3, DistillTrainer, teacher vs student inference
 run sam_adapter3d_step $PY benchmarks/sam_adapter3d_step.py --device cuda --iters 50
+# issue 15: whole 512x512x300 volume, nnunet-prompt predict vs nnUNetv2_predict (nnU-Net's step 0.5), and the session
+run full_size_predict $PY benchmarks/full_size_predict.py --device cuda --step-size 0.5
 # issue 15: nnUNetv2_train -num_gpus 2 (and --c) for PromptTrainer, PSAPTrainer_CPP, TextPromptTrainer.
 # NEEDS 2 GPUs (nnU-Net's DDP is CUDA/NCCL only); skipped on a one-GPU machine.
 if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then

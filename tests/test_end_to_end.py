@@ -41,6 +41,8 @@ def test_final_validation_uses_simulated_prompts(trained):
         gt = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(gt_folder, case + ".nii.gz")))
         assert info["labels"] == [1] if gt.any() else info["labels"] == []
         assert info["prompt"] == "box+clicks"
+    # rank 0 merges the ranks' records into one (a single process: its own)
+    assert json.load(open(os.path.join(val, "simulated_prompts.json"))) == used
 
 
 def test_resume_with_c(trained):

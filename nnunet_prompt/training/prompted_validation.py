@@ -15,8 +15,10 @@ next-stage export is not supported for prompt models.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import zlib
 import warnings
 from time import sleep
 from typing import Callable, Tuple
@@ -89,6 +91,13 @@ def validate_cases(trainer, predict_case: Callable[[str, torch.Tensor, np.ndarra
     if trainer.is_ddp:
         dist.barrier()
     if trainer.local_rank == 0:
+        # one record of what every case was given, whichever rank predicted it
+        world = dist.get_world_size() if trainer.is_ddp else 1
+        merged = {}
+        for r in range(world):
+            with open(os.path.join(out_folder, f"{record_name}_rank{r}.json"), encoding="utf-8") as f:
+                merged.update(json.load(f))
+        atomic_write_json(dict(sorted(merged.items())), os.path.join(out_folder, f"{record_name}.json"))
         lm = trainer.plans_manager.get_label_manager(trainer.dataset_json)
         metrics = compute_metrics_on_folder(
             os.path.join(trainer.preprocessed_dataset_folder_base, 'gt_segmentations'), out_folder,
@@ -126,6 +135,8 @@ def run_prompted_validation(trainer, save_probabilities: bool = False) -> None:
     kind = "regions" if predictor.label_manager.has_regions else "labels"
 
     def predict_case(k, data, seg):
+        # seeded per case, so a case gets the same prompts whichever rank (and however many GPUs) predicts it
+        simulator.generator.manual_seed(int(trainer.simulation_seed) + zlib.crc32(k.encode()))
         channels = {}
         for name, target in trainer.target_labels.items():
             obj = torch.from_numpy(target_mask(seg, target)).to(trainer.device)
