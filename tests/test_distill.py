@@ -166,3 +166,18 @@ def test_every_student_parameter_gets_a_gradient_on_one_ddp_rank(sam3d_plans, te
     assert np.isfinite(trainer.train_step(batch)["loss"])
     missing = parameters_without_gradient(trainer.network)
     assert not missing, missing
+
+
+def test_the_student_resumes_with_c_from_its_recorded_teacher(student_fold):
+    """`nnUNetv2_train ... --c` of the distilled student without the teacher variable: the teacher recorded in the
+    plans is found again, and training continues at the next epoch of the same schedule."""
+    env = dict(student_fold["env"], NNUNET_PROMPT_DEMO_EPOCHS="2")
+    env.pop(TEACHER_ENV_VAR)
+    cmd = [console_script("nnUNetv2_train"), "991", CONFIG, "0", "-tr", STUDENT, "-p", SAM_PLANS, "-device", "cpu",
+           "--c"]
+    proc = run(cmd, env)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    ckpt = torch.load(os.path.join(student_fold["folder"], "fold_0", "checkpoint_final.pth"), map_location="cpu",
+                      weights_only=False)
+    assert ckpt["current_epoch"] == 2
+    assert "Epoch 1" in proc.stdout and "Epoch 0" not in proc.stdout
