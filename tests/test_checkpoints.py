@@ -21,12 +21,15 @@ def _psap_trainer(planned_dataset, name="PSAPTrainer_CPP"):
 @pytest.fixture(scope="module")
 def stepped(planned_dataset, tmp_path_factory):
     """PSAPTrainer_CPP (simulated user + cross-patch pair sampling) after one train step, and its checkpoint."""
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    trainer = _psap_trainer(planned_dataset)
-    trainer.initialize()
-    dl_train, _ = trainer.get_dataloaders()
-    trainer.network.train()
-    trainer.train_step(next(dl_train))
+    # data augmentation in this process, for the fixture only: nnU-Net's planner (other tests, in-process) reads
+    # the same variable and fails on 0 (torch.set_num_threads(0))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("nnUNet_n_proc_DA", "0")
+        trainer = _psap_trainer(planned_dataset)
+        trainer.initialize()
+        dl_train, _ = trainer.get_dataloaders()
+        trainer.network.train()
+        trainer.train_step(next(dl_train))
     path = str(tmp_path_factory.mktemp("ckpt") / "checkpoint_latest.pth")
     trainer.save_checkpoint(path)
     return trainer, path
