@@ -30,6 +30,16 @@ def _fold(value: str):
     return v
 
 
+def _fold_number(value: str) -> int:
+    """A cross-validation fold whose validation cases are used (not 'all': that fold has none)."""
+    if value == "all":
+        raise argparse.ArgumentTypeError("'all': fold 'all' has no validation cases; give a fold number (0, 1, ...)")
+    try:
+        return _fold(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{value!r}: a fold is a number: 0, 1, ...") from None
+
+
 def _positive_int(value: str) -> int:
     try:
         v = int(value)
@@ -361,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("interactive-eval", help="N-click protocol through the interactive session (CT-SAM3D)")
     s.add_argument("-d", required=True, help="dataset id or name")
     s.add_argument("-c", default="3d_fullres")
-    s.add_argument("-f", type=_fold, default=0, help="fold: its validation cases are evaluated")
+    s.add_argument("-f", type=_fold_number, default=0, help="fold: its validation cases are evaluated")
     s.add_argument("-tr", nargs="+", default=["PromptTrainer"], help="one or more prompt trainers")
     s.add_argument("-p", default="nnUNetPlans")
     s.add_argument("--clicks", type=_positive_int, nargs="+", default=[1, 3, 5, 7, 9],
@@ -383,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline", default="nnUNetTrainer")
     s.add_argument("--trainers", nargs="+", default=["PromptTrainer"])
     s.add_argument("-p", default="nnUNetPlans", help="plans shared by all compared models")
-    s.add_argument("-f", type=_fold, nargs="+", default=[0, 1, 2, 3, 4], help="folds (their validation predictions)")
+    s.add_argument("-f", type=_fold_number, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="folds (their validation predictions)")
     s.add_argument("--nsd-tolerance", type=float, default=2.0)
     s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/compare_CONFIG)")
     s.set_defaults(func=_cmd_compare)

@@ -435,6 +435,13 @@ def test_interactive_eval_refuses_a_click_count_below_one(setup, tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["interactive-eval", "compare"])
+def test_fold_all_has_no_validation_cases(setup, tmp_path, capsys, command):
+    refused(capsys, [command, "-d", str(setup["id"]), "-p", PLANS, "-f", "all", "-o", str(tmp_path / "o")],
+            "has no validation cases")
+    assert not (tmp_path / "o").exists()
+
+
 def test_interactive_eval_refuses_a_missing_model(setup, tmp_path, capsys):
     out = tmp_path / "ie"
     refused(capsys, ["interactive-eval", "-d", str(setup["id"]), "-tr", "NoSuchTrainer", "-p", PLANS, "--clicks", "1",
