@@ -179,7 +179,8 @@ def _cmd_predict(a) -> None:
         predictor.set_clinical_text(read_sidecar_file(a.clinical_text), a.clinical_text)
     predictor.set_prompts(prompts, a.prompts, allow_missing=a.allow_missing_prompts)
     predictor.check_prompts_for_images(a.i)
-    with remove_new_outputs_on_failure(a.o):
+    # a failed run removes what it wrote, unless the user asked for resumable runs (--continue_prediction)
+    with remove_new_outputs_on_failure(a.o, keep=a.continue_prediction):
         predictor.predict_from_files(a.i, a.o, save_probabilities=a.save_probabilities,
                                      overwrite=not a.continue_prediction, num_processes_preprocessing=a.npp,
                                      num_processes_segmentation_export=a.nps)
@@ -205,6 +206,10 @@ def _registered_dataset(dataset) -> str:
 
 def _cmd_interactive_eval(a) -> None:
     from nnunet_prompt.evaluation.interactive_eval import interactive_eval
+    if a.f == "all" and not a.test_set:
+        from nnunet_prompt.io_utils import InputFileError
+        raise InputFileError("-f all: fold 'all' has no validation cases; give a fold number, or evaluate the 'all' "
+                             "model on imagesTs/labelsTs with --test-set.")
     name = _registered_dataset(a.d)
     out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"interactive_eval_{a.c}_fold{a.f}")
     session_kwargs = ({"cross_patch": True, "cross_patch_threshold": a.cross_patch_threshold,
@@ -371,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("interactive-eval", help="N-click protocol through the interactive session (CT-SAM3D)")
     s.add_argument("-d", required=True, help="dataset id or name")
     s.add_argument("-c", default="3d_fullres")
-    s.add_argument("-f", type=_fold_number, default=0, help="fold: its validation cases are evaluated")
+    s.add_argument("-f", type=_fold, default=0, help="fold: its validation cases are evaluated (with --test-set: "
+                   "the model fold to evaluate, 'all' allowed)")
     s.add_argument("-tr", nargs="+", default=["PromptTrainer"], help="one or more prompt trainers")
     s.add_argument("-p", default="nnUNetPlans")
     s.add_argument("--clicks", type=_positive_int, nargs="+", default=[1, 3, 5, 7, 9],

@@ -8,6 +8,7 @@ data a NIfTI header promises must be in the file. Other formats are checked by r
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -21,27 +22,35 @@ class ImageFileError(InputFileError):
     """A damaged or unreadable image file; the message names the file."""
 
 
+# bytes per voxel of NIfTI datatype codes (ITK's reader sizes the data from the datatype, not from bitpix)
+_DATATYPE_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                   1536: 16, 1792: 16, 2048: 32, 2304: 4}
+
+
 def _nifti_data_end(header: bytes, path: str) -> int:
-    """Byte offset where a NIfTI-1/-2 file's voxel data ends (vox_offset + voxels x bytes per voxel)."""
+    """Byte offset where a NIfTI-1/-2 file's voxel data ends (data offset + voxels x bytes per voxel)."""
     for endian in "<>":
         sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
-        if sizeof_hdr == 348:  # NIfTI-1: dim int16[8] at 40, bitpix int16 at 72, vox_offset float32 at 108
+        if sizeof_hdr == 348:  # NIfTI-1: dim int16[8] at 40, datatype int16 at 70, vox_offset float32 at 108
             dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            datatype = struct.unpack(endian + "h", header[70:72])[0]
+            vox_offset = struct.unpack(endian + "f", header[108:112])[0]
+            first = 348  # nifti1_io: data never starts inside the header
             break
-        if sizeof_hdr == 540:  # NIfTI-2: bitpix int16 at 14, dim int64[8] at 16, vox_offset int64 at 168
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+        if sizeof_hdr == 540:  # NIfTI-2: datatype int16 at 12, dim int64[8] at 16, vox_offset int64 at 168
+            datatype = struct.unpack(endian + "h", header[12:14])[0]
             dims = struct.unpack(endian + "8q", header[16:80])
             vox_offset = struct.unpack(endian + "q", header[168:176])[0]
+            first = 540
             break
     else:
         raise ImageFileError(f"'{path}' is not a NIfTI file (its header is damaged).")
     ndim = dims[0]
-    if not 1 <= ndim <= 7:
-        raise ImageFileError(f"'{path}' has a damaged NIfTI header (dim[0] = {ndim}).")
+    if not 1 <= ndim <= 7 or not math.isfinite(vox_offset) or vox_offset < 0 or datatype not in _DATATYPE_BYTES:
+        raise ImageFileError(f"'{path}' has a damaged NIfTI header (dim[0] {ndim}, datatype {datatype}, vox_offset "
+                             f"{vox_offset}).")
     voxels = int(np.prod([max(int(d), 1) for d in dims[1:ndim + 1]], dtype=np.int64))
-    return max(vox_offset, len(header) if sizeof_hdr == 540 else 352) + voxels * bitpix // 8
+    return max(int(vox_offset), first) + voxels * _DATATYPE_BYTES[datatype]
 
 
 def _gunzipped_length(path: str) -> int:
@@ -62,7 +71,9 @@ def check_image_file(path: str) -> None:
     lower = path.lower()
     if lower.endswith((".nii", ".nii.gz")):
         try:
-            if lower.endswith(".gz"):
+            with open(path, "rb") as f:
+                gzipped = f.read(2) == b"\x1f\x8b"  # ITK also reads a .nii.gz that is not compressed
+            if gzipped:
                 with gzip.open(path, "rb") as f:
                     header = f.read(540)
                 size = _gunzipped_length(path)

@@ -56,16 +56,16 @@ def require_output_folder(path: str, flag: str = "-o") -> None:
 
 
 @contextmanager
-def remove_new_outputs_on_failure(folder: str):
+def remove_new_outputs_on_failure(folder: str, keep: bool = False):
     """If the body fails, remove what it added to ``folder`` (and the folder, if it created it): a failed run
     leaves the output folder as it found it. Files that were there before are kept (and may have been rewritten
-    by the body: use atomic writes for those)."""
+    by the body: use atomic writes for those). ``keep``: remove nothing (a run meant to be resumed)."""
     existed = os.path.isdir(folder)
     before = set(os.listdir(folder)) if existed else set()
     try:
         yield
     except BaseException:
-        if os.path.isdir(folder):
+        if os.path.isdir(folder) and not keep:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)
             else:

@@ -116,8 +116,7 @@ BAD_PROMPTS = {
                                    ["no location", "positive_points"]),
     "two_prompts_one_label": (lambda s: json.dumps(_with_first(s, [_first_prompt(s), _first_prompt(s)])),
                               ["two prompts for label 1"]),
-    "case_not_in_images": (lambda s: json.dumps(dict(s["prompts"], Nobody_999=_first_prompt(s))),
-                           ["Nobody_999", "no image"]),
+    "no_case_in_images": (lambda s: json.dumps({"Nobody_999": _first_prompt(s)}), ["Nobody_999", "No entry"]),
     "missing_mask_file": (lambda s: json.dumps(_with_first(s, {"mask": "nowhere.nii.gz"})),
                           ["Mask file", "does not exist"]),
 }
@@ -317,15 +316,17 @@ def test_predict_refuses_a_broken_model_plans_file(setup, tmp_path, capsys):
 
 
 def test_predict_device_default_works_without_a_gpu(setup, tmp_path):
-    """No -device: CUDA if there is one, else the CPU, and the command says which."""
+    """No -device: CUDA if there is one, else the CPU, and the command says which. An entry of the prompts file for
+    a case that is not in -i (a dataset's prompts used for a subset) is named, not silently ignored."""
     import torch
-    prompts = write_json(tmp_path / "p.json", setup["prompts"])
+    prompts = write_json(tmp_path / "p.json", dict(setup["prompts"], Nobody_999=_first_prompt(setup)))
     argv = predict_args(setup, tmp_path / "out", prompts)
     i = argv.index("-device")
     del argv[i:i + 2]
     proc = run([console_script("nnunet-prompt"), *argv, "--disable_tta"], setup["env"])
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}" in proc.stdout
+    assert "['Nobody_999']" in proc.stdout and "not predicted" in proc.stdout
     assert sorted(f for f in os.listdir(tmp_path / "out") if f.endswith(".nii.gz")) == \
         sorted(c + ".nii.gz" for c in setup["cases"])
 
@@ -438,7 +439,7 @@ def test_interactive_eval_refuses_a_click_count_below_one(setup, tmp_path, capsy
 @pytest.mark.parametrize("command", ["interactive-eval", "compare"])
 def test_fold_all_has_no_validation_cases(setup, tmp_path, capsys, command):
     refused(capsys, [command, "-d", str(setup["id"]), "-p", PLANS, "-f", "all", "-o", str(tmp_path / "o")],
-            "has no validation cases")
+            "has no validation cases", *(["--test-set"] if command == "interactive-eval" else []))
     assert not (tmp_path / "o").exists()
 
 

@@ -193,6 +193,12 @@ class PromptPredictor(nnUNetPredictor):
         from nnunet_prompt.image_files import ImageFileError, check_image_file
         labels = prompt_targets(self.dataset_json)
         files = input_cases(source_folder, self.dataset_json)
+        unknown = sorted(set(self.case_prompts) - set(files))
+        listed = f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
+        if unknown and not set(self.case_prompts) & set(files):
+            raise PromptError(f"No entry of prompts file '{self.prompts_source}' names a case in '{source_folder}' (e.g. "
+                              f"{listed}; the images are {sorted(files)[:5]}). Check the case identifiers (CASE of "
+                              f"CASE_0000{self.dataset_json['file_ending']}) and -i.")
         n_channels = len(self.dataset_json['channel_names'])
         for case, case_files in files.items():
             if len(case_files) != n_channels:
@@ -221,11 +227,10 @@ class PromptPredictor(nnUNetPredictor):
                                       f"merge them into one prompt.")
                 seen.add(label)
                 p.to_voxel(geometry, case, self.prompts_source)
-        unknown = sorted(set(self.case_prompts) - set(files))
-        if unknown:
-            raise PromptError(f"Prompts file '{self.prompts_source}' has entries for {len(unknown)} case(s) with no image "
-                              f"in '{source_folder}': {unknown[:10]}{' ...' if len(unknown) > 10 else ''}. Check the case "
-                              f"identifiers (CASE of CASE_0000{self.dataset_json['file_ending']}) or remove the entries.")
+        if unknown:  # a dataset's prompts file used for a subset of its cases: said, not silently ignored
+            import sys
+            print(f"nnunet-prompt: note: prompts file '{self.prompts_source}' has entries for {len(unknown)} case(s) "
+                  f"with no image in '{source_folder}', not predicted: {listed}", file=sys.stderr)
 
     def _missing(self, case: str):
         raise PromptError(f"No prompt for case '{case}' in prompts file '{self.prompts_source}'. Add an entry "
@@ -319,8 +324,14 @@ class PromptPredictor(nnUNetPredictor):
             self._tile_slicers, self._tile_index = list(slicers), 0
         return slicers
 
+    def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
+        # nnU-Net retries a pass on the CPU after an error on the device (out of memory, inf), with the same
+        # slicers and without asking for them again: every pass starts at the first tile
+        self._tile_index = 0
+        return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "_tile_slicers", None) is not None and x.shape[1] == len(self.dataset_json["channel_names"]):
+        if getattr(self, "_tile_slicers", None) is not None:
             sl = self._tile_slicers[self._tile_index]
             self._tile_index += 1
             prompts = self._padded_prompts[sl][None].to(device=x.device, dtype=x.dtype, non_blocking=True)

@@ -52,9 +52,13 @@ def rank_seed(seed: int) -> int:
 
 
 def read_checkpoint(path: str, map_location) -> dict:
+    import pickle
+    import zipfile
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises RuntimeError, EOFError, pickle and zip errors for damaged files
+    # what torch raises for damaged files (a truncated zip: RuntimeError from its stream reader; random bytes:
+    # UnpicklingError; an empty file: EOFError); other errors (a missing module, a file system error) propagate
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise CheckpointLoadError(f"Checkpoint {path} does not load ({type(e).__name__}: {e}); it is truncated or "
                                   f"corrupted (was its writing interrupted?).") from e
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
@@ -170,7 +174,8 @@ class RecordedTrainerMixin:
     def _readable_checkpoint(self, path: str) -> Tuple[str, dict]:
         """(path, checkpoint) of ``path``, or under ``--c`` of the first other checkpoint of its fold that loads."""
         try:
-            return path, read_checkpoint(path, self.device)
+            # on the CPU: nnU-Net's load_checkpoint reads the file again onto the device (no two device copies)
+            return path, read_checkpoint(path, "cpu")
         except CheckpointLoadError as e:
             error = e
         folder = os.path.dirname(os.path.abspath(path))
@@ -184,7 +189,7 @@ class RecordedTrainerMixin:
         failures = [str(error)]
         for other in others:
             try:
-                checkpoint = read_checkpoint(other, self.device)
+                checkpoint = read_checkpoint(other, "cpu")
             except CheckpointLoadError as e:
                 failures.append(str(e))
                 continue
