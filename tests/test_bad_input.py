@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -66,6 +67,18 @@ def predict_args(s, out, prompts=None, *extra, images=None):
     if prompts is not None:
         argv += ["--prompts", prompts]
     return argv + list(extra)
+
+
+@contextmanager
+def model_copy(setup, trainer, configuration):
+    """A copy of the trained model under another trainer / configuration name, for a test to damage; removed after
+    (the trained model itself stays intact)."""
+    folder = os.path.join(os.environ["nnUNet_results"], setup["name"], f"{trainer}__{PLANS}__{configuration}")
+    shutil.copytree(setup["folder"], folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
 
 
 def assert_no_output(out):
@@ -257,10 +270,8 @@ def test_predict_refuses_a_missing_checkpoint_name(setup, tmp_path, capsys):
 
 @pytest.mark.parametrize("damage", ["truncated", "random_bytes", "empty"])
 def test_predict_refuses_a_damaged_checkpoint(setup, tmp_path, capsys, damage):
-    model_copy = os.path.join(os.environ["nnUNet_results"], setup["name"], f"{TRAINER}__{PLANS}__3d_lowres")
-    shutil.copytree(setup["folder"], model_copy)  # a damaged copy: the trained model stays intact
-    try:
-        ckpt = os.path.join(model_copy, "fold_0", "checkpoint_final.pth")
+    with model_copy(setup, TRAINER, "3d_lowres") as folder:
+        ckpt = os.path.join(folder, "fold_0", "checkpoint_final.pth")
         data = open(ckpt, "rb").read()
         with open(ckpt, "wb") as f:
             f.write({"truncated": data[:len(data) // 2], "random_bytes": os.urandom(4096), "empty": b""}[damage])
@@ -269,8 +280,6 @@ def test_predict_refuses_a_damaged_checkpoint(setup, tmp_path, capsys, damage):
         argv[argv.index("-c") + 1] = "3d_lowres"
         refused(capsys, argv, "checkpoint_final.pth", "cannot be read")
         assert_no_output(tmp_path / "out")
-    finally:
-        shutil.rmtree(model_copy)
 
 
 def test_predict_refuses_unknown_dataset_trainer_and_plans(setup, tmp_path, capsys):
@@ -285,9 +294,7 @@ def test_predict_refuses_unknown_dataset_trainer_and_plans(setup, tmp_path, caps
 
 def test_predict_refuses_a_model_without_prompts(setup, tmp_path, capsys):
     """A model folder whose plans carry no prompt record (a plain nnU-Net model, or foreign files)."""
-    folder = os.path.join(os.environ["nnUNet_results"], setup["name"], f"nnUNetTrainer__{PLANS}__{CONFIG}")
-    shutil.copytree(setup["folder"], folder)
-    try:
+    with model_copy(setup, "nnUNetTrainer", CONFIG) as folder:
         plans_file = os.path.join(folder, "plans.json")
         plans = json.load(open(plans_file))
         from nnunet_prompt.model_record import PLANS_KEY
@@ -297,22 +304,16 @@ def test_predict_refuses_a_model_without_prompts(setup, tmp_path, capsys):
         argv = predict_args(setup, tmp_path / "out", prompts)
         argv[argv.index("-tr") + 1] = "nnUNetTrainer"
         refused(capsys, argv, "nnUNetTrainer", "nnUNetv2_predict")
-    finally:
-        shutil.rmtree(folder)
 
 
 def test_predict_refuses_a_broken_model_plans_file(setup, tmp_path, capsys):
-    folder = os.path.join(os.environ["nnUNet_results"], setup["name"], f"{TRAINER}__{PLANS}__2d")
-    shutil.copytree(setup["folder"], folder)
-    try:
+    with model_copy(setup, TRAINER, "2d") as folder:
         with open(os.path.join(folder, "plans.json"), "w") as f:
             f.write('{"plans_name": ')
         prompts = write_json(tmp_path / "p.json", setup["prompts"])
         argv = predict_args(setup, tmp_path / "out", prompts)
         argv[argv.index("-c") + 1] = "2d"
         refused(capsys, argv, "plans.json", "not valid JSON")
-    finally:
-        shutil.rmtree(folder)
 
 
 def test_predict_device_default_works_without_a_gpu(setup, tmp_path):
@@ -453,17 +454,13 @@ def test_interactive_eval_refuses_a_missing_model(setup, tmp_path, capsys):
 
 
 def test_compare_names_an_empty_validation_folder(setup, tmp_path, capsys):
-    base = os.path.join(os.environ["nnUNet_results"], setup["name"], f"nnUNetTrainer__{PLANS}__{CONFIG}")
-    shutil.copytree(setup["folder"], base)
-    try:
+    with model_copy(setup, "nnUNetTrainer", CONFIG) as base:
         for f in os.listdir(os.path.join(base, "fold_0", "validation")):
             os.remove(os.path.join(base, "fold_0", "validation", f))
         refused(capsys, ["compare", "-d", str(setup["id"]), "--trainers", TRAINER, "-p", PLANS, "-f", "0",
                          "-o", str(tmp_path / "cmp")], "no validation predictions", "fold_0")
         refused(capsys, ["compare", "-d", str(setup["id"]), "--baseline", "NoSuchBaseline", "--trainers", TRAINER,
                          "-p", PLANS, "-f", "0", "-o", str(tmp_path / "cmp")], "NoSuchBaseline")
-    finally:
-        shutil.rmtree(base)
     assert not (tmp_path / "cmp").exists()
 
 

@@ -315,7 +315,7 @@ class PromptPredictor(nnUNetPredictor):
 
     def _internal_get_sliding_window_slicers(self, image_size):
         slicers = super()._internal_get_sliding_window_slicers(image_size)
-        if getattr(self, "_tile_prompts", None) is not None:
+        if self._tile_prompts is not None:
             from acvl_utils.cropping_and_padding.padding import pad_nd_image
             # padded as nnU-Net padded the image (to at least the patch size), so the slicers fit both
             self._padded_prompts = pad_nd_image(self._tile_prompts, self.configuration_manager.patch_size, 'constant',
@@ -331,7 +331,7 @@ class PromptPredictor(nnUNetPredictor):
         return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
 
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "_tile_slicers", None) is not None:
+        if self._tile_slicers is not None:
             sl = self._tile_slicers[self._tile_index]
             self._tile_index += 1
             prompts = self._padded_prompts[sl][None].to(device=x.device, dtype=x.dtype, non_blocking=True)
