@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -184,6 +185,23 @@ def _cmd_predict(a) -> None:
         predictor.predict_from_files(a.i, a.o, save_probabilities=a.save_probabilities,
                                      overwrite=not a.continue_prediction, num_processes_preprocessing=a.npp,
                                      num_processes_segmentation_export=a.nps)
+        _write_timing(predictor, a.o)
+
+
+def _write_timing(predictor, output_folder: str) -> None:
+    """OUTPUT/timing.json: seconds per case (``PromptPredictor.timing_record``); a resumed run keeps the cases it
+    did not predict again."""
+    from nnunet_prompt.evaluation.compare import TIMING_FILE
+    from nnunet_prompt.io_utils import atomic_write_json
+    record = predictor.timing_record()
+    path = os.path.join(output_folder, TIMING_FILE)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                record["cases"] = dict(json.load(f).get("cases", {}), **record["cases"])
+        except ValueError:
+            pass  # an unreadable earlier record is replaced
+    atomic_write_json(record, path)
 
 
 def _cmd_evaluate(a) -> None:
@@ -224,10 +242,30 @@ def _cmd_interactive_eval(a) -> None:
 
 
 def _cmd_compare(a) -> None:
-    from nnunet_prompt.evaluation.compare import compare
+    from nnunet_prompt.evaluation.compare import compare, compare_predictions
+    from nnunet_prompt.evaluation.evaluate_folder import EvaluationError
     name = _registered_dataset(a.d)
-    out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"compare_{a.c}")
-    compare(name, a.c, a.baseline, a.trainers, a.p, a.f, out, a.nsd_tolerance)
+    if a.predictions:
+        if not a.l:
+            raise EvaluationError("--predictions compares test predictions: give their reference labels with -l.")
+        predictions = {}
+        for item in a.predictions:
+            label, sep, folder = item.partition("=")
+            if not sep or not label or not folder:
+                raise EvaluationError(f"--predictions entry {item!r}: write NAME=FOLDER (e.g. nnunet=preds/nnunet).")
+            if label in predictions:
+                raise EvaluationError(f"--predictions names '{label}' twice.")
+            predictions[label] = folder
+        baseline = a.baseline or next(iter(predictions))
+        from nnunet_prompt.nnunet_env import dataset_json_of
+        out = a.o or os.path.join(os.environ["nnUNet_results"], name, "compare_test")
+        compare_predictions(predictions, a.l, dataset_json_of(name), baseline, out, a.nsd_tolerance)
+    else:
+        if a.l:
+            raise EvaluationError("-l is for --predictions (test predictions); cross-validation compares against "
+                                  "nnU-Net's gt_segmentations.")
+        out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"compare_{a.c}")
+        compare(name, a.c, a.baseline or "nnUNetTrainer", a.trainers, a.p, a.f, out, a.nsd_tolerance)
     print(open(os.path.join(out, "report.md")).read())
     print(f"written: {out}/report.md, compare.json, compare_boxplots.png")
 
@@ -393,16 +431,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): cuda if torch sees a GPU, else cpu")
     s.set_defaults(func=_cmd_interactive_eval)
 
-    s = sub.add_parser("compare", help="metrics + paired Wilcoxon tests of trainers against an nnU-Net baseline")
+    s = sub.add_parser("compare", help="models against a baseline on the same cases: metrics, bootstrap CIs, paired "
+                                       "t-test and Wilcoxon test (cross-validation or test predictions)",
+                       description="Cross-validation (default): the fold predictions of trained models, named as "
+                                   "TRAINER (on -p/-c) or TRAINER__PLANS__CONFIGURATION (another plans or "
+                                   "configuration, e.g. a 2d model against a 3d_fullres one). Test predictions: "
+                                   "--predictions NAME=FOLDER ... with -l REFERENCE_LABELS.")
     s.add_argument("-d", required=True, help="dataset id or name")
-    s.add_argument("-c", default="3d_fullres")
-    s.add_argument("--baseline", default="nnUNetTrainer")
-    s.add_argument("--trainers", nargs="+", default=["PromptTrainer"])
-    s.add_argument("-p", default="nnUNetPlans", help="plans shared by all compared models")
+    s.add_argument("-c", default="3d_fullres", help="configuration of models named without one (default 3d_fullres)")
+    s.add_argument("--baseline", default=None, help="baseline model (cross-validation; default nnUNetTrainer) or the "
+                   "NAME of one of --predictions (default: the first)")
+    s.add_argument("--trainers", nargs="+", default=["PromptTrainer"],
+                   help="models compared with the baseline: TRAINER or TRAINER__PLANS__CONFIGURATION")
+    s.add_argument("-p", default="nnUNetPlans", help="plans of models named without them (default nnUNetPlans)")
     s.add_argument("-f", type=_fold_number, nargs="+", default=[0, 1, 2, 3, 4],
-                   help="folds (their validation predictions)")
+                   help="folds whose validation predictions are pooled (default 0 1 2 3 4)")
+    s.add_argument("--predictions", nargs="+", default=None, metavar="NAME=FOLDER",
+                   help="compare prediction folders of one test set instead (each from nnunet-prompt predict or "
+                        "nnUNetv2_predict); a timing.json in a folder adds seconds per case and per slice")
+    s.add_argument("-l", default=None, help="with --predictions: the reference label folder (e.g. labelsTs)")
     s.add_argument("--nsd-tolerance", type=float, default=2.0)
-    s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/compare_CONFIG)")
+    s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/compare_CONFIG, or "
+                   "compare_test with --predictions)")
     s.set_defaults(func=_cmd_compare)
 
     s = sub.add_parser("predict", help="predict with prompts (a prompts.json, see docs/reference/prompts.md)")

@@ -45,3 +45,13 @@ def dataset_name(dataset: Union[int, str]) -> str:
             f"Unknown dataset '{dataset}': no DatasetXXX folder with this id in nnUNet_raw "
             f"({os.environ.get('nnUNet_raw')}), nnUNet_preprocessed ({os.environ.get('nnUNet_preprocessed')}) or "
             f"nnUNet_results ({os.environ.get('nnUNet_results')}). Check the id or the variables. ({e})") from None
+
+
+def dataset_json_of(name: str) -> dict:
+    """A registered dataset's dataset.json (nnUNet_preprocessed's copy, else nnUNet_raw's)."""
+    from nnunet_prompt.io_utils import read_json
+    for var in ("nnUNet_preprocessed", "nnUNet_raw"):
+        path = os.path.join(os.environ.get(var) or "", name, "dataset.json")
+        if os.environ.get(var) and os.path.isfile(path):
+            return read_json(path, "dataset.json")
+    raise NnUNetEnvironmentError(f"Dataset '{name}' has no dataset.json in nnUNet_preprocessed or nnUNet_raw.")

@@ -28,6 +28,7 @@ this class reads the prompt layout or the context encoder from the same record.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from typing import Dict, Optional
 
@@ -103,6 +104,9 @@ class PromptPredictor(nnUNetPredictor):
         self._current_case: Optional[str] = None
         self._current_case_clicks: Dict[int, list] = {}  # label -> positive clicks on the preprocessed grid
         self._tile_prompts = self._tile_slicers = self._padded_prompts = None  # see _prompt_channels_per_tile
+        # case -> network time (seconds, preprocessing and export excluded), slices (the first axis of the
+        # preprocessed grid, which a 2d configuration predicts one by one) and boxes given: ``timing_record``
+        self.case_timing: Dict[str, dict] = {}
 
     # -------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
@@ -381,6 +385,7 @@ class PromptPredictor(nnUNetPredictor):
                 case = os.path.basename(item['ofile'])
                 data = item['data']
                 shape = np.load(data, mmap_mode='r').shape if isinstance(data, str) else data.shape
+                self._current_case = case
                 if self.clinical_context is not None:
                     self._current_case_entry = self.case_clinical_entry(case)
                 else:
@@ -395,6 +400,27 @@ class PromptPredictor(nnUNetPredictor):
             self._current_case_entry = None
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        logits = self._predict_case_logits(data)
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        if self._current_case is not None:
+            boxes = sum(len(p.boxes) for p in self.case_prompts.get(self._current_case, []))
+            self.case_timing[self._current_case] = {"seconds": time.perf_counter() - t0, "slices": int(data.shape[1]),
+                                                    "boxes": boxes}
+        return logits
+
+    def timing_record(self) -> dict:
+        """What ``nnunet-prompt predict`` writes as OUTPUT/timing.json (read by ``nnunet-prompt compare``)."""
+        return {"unit": "seconds", "device": str(self.device), "tile_step_size": self.tile_step_size,
+                "mirroring": bool(self.use_mirroring),
+                "what": "network time per case (sliding window over all slices, every prompted label), preprocessing "
+                        "and export excluded; slices = extent of the preprocessed grid's first axis",
+                "cases": dict(sorted(self.case_timing.items()))}
+
+    def _predict_case_logits(self, data: torch.Tensor) -> torch.Tensor:
         if self.clinical_context is not None:
             if self._current_case_entry is None:
                 raise RuntimeError("Text-conditioned prediction needs clinical text: call it through "
