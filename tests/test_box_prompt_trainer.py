@@ -74,9 +74,12 @@ def test_box_channel_matters_and_the_others_do_not(box_trained):
     other[0, 1 + NEG, 1:3, 1:3, 1:3] = 1
     other[0, 1 + MASK] = 1
     with torch.no_grad():
-        out = [net(t)[0] if isinstance(net(t), (list, tuple)) else net(t) for t in (x, boxed, other)]
+        out = [net(t) for t in (x, boxed, other)]  # built without deep supervision: one output
     assert float((out[0] - out[1]).abs().max()) > 1e-4, "the box channel must change the output"
     torch.testing.assert_close(out[1], out[2], msg="clicks and the mask channel are not read")
+    from nnunet_prompt.serve.interactions import model_capabilities
+    caps = model_capabilities(predictor)
+    assert caps["bbox2d"] and caps["bbox3d"] and not caps["points"] and not caps["initial_seg"]
     # where the box is, the object logit moves most (the box's region vs. the far corner)
     diff = (out[1][0, 1] - out[1][0, 0]) - (out[0][0, 1] - out[0][0, 0])
     inside = diff[:, 4:patch[1] // 2, 4:patch[2] // 2].abs().mean()
@@ -149,3 +152,22 @@ def test_predict_with_boxes_from_labels_and_refuse_clicks(box_trained, tmp_path)
     assert f"Case '{case}'" in proc.stdout and "with_clicks.json" in proc.stdout and "positive_points" in proc.stdout
     assert "boxes-from-labels" in proc.stdout and "Traceback" not in proc.stdout
     assert not (tmp_path / "refused").exists() or not os.listdir(tmp_path / "refused")
+
+
+def test_every_trainable_parameter_gets_a_gradient(planned_dataset, monkeypatch):
+    """DDP without find_unused_parameters (as test_ddp_gradients for the other prompt trainers)."""
+    from nnunetv2.utilities.file_path_utilities import load_json
+    from ddp_harness import as_one_rank_of_two, parameters_without_gradient, prompted_step
+    import nnunet_prompt_trainers.BoxPromptTrainer as module
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    pre = os.path.join(planned_dataset["env"]["nnUNet_preprocessed"], planned_dataset["name"])
+    trainer = module.BoxPromptTrainer(dict(load_json(os.path.join(pre, f"{PLANS}.json")), continue_training=False),
+                                      CONFIG, 0, load_json(os.path.join(pre, "dataset.json")), torch.device("cpu"))
+    trainer.initialize()
+    as_one_rank_of_two(trainer)
+    dl_train, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    for empty in (False, True):
+        prompted_step(trainer, next(dl_train), "slice_boxes", 1, empty)
+        missing = parameters_without_gradient(trainer.network)
+        assert not missing, f"empty target {empty}: no gradient for {missing}"
