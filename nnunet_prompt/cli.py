@@ -294,6 +294,32 @@ def _convert_help() -> str:
                    "integrity check). An existing target is refused unless --overwrite. See docs/how_to/conversion.md.")
 
 
+def _cmd_boxes_from_labels(a) -> None:
+    from nnunet_prompt.interaction.boxes_from_labels import boxes_from_labels, plans_transpose_forward, report_empty
+    from nnunet_prompt.io_utils import InputFileError, read_json
+    from nnunet_prompt.nnunet_env import dataset_name
+    from nnunet_prompt.prompts.model import save_prompts_file
+    if os.path.exists(a.o) and not a.overwrite:
+        raise InputFileError(f"'{a.o}' (-o) exists; give another file or --overwrite to replace it.")
+    if os.path.isdir(a.o):
+        raise InputFileError(f"'{a.o}' (-o) is a folder: give a file name (prompts.json).")
+    name = dataset_name(a.d)
+    candidates = [os.path.join(os.environ.get(k, ""), name, "dataset.json") for k in ("nnUNet_raw", "nnUNet_preprocessed")]
+    found = [c for c in candidates if os.path.isfile(c)]
+    if not found:
+        raise InputFileError(f"No dataset.json for {name} (looked for {candidates}).")
+    dataset_json = read_json(found[0], "dataset.json")
+    margin = (a.margin_mm, a.margin_mm) if a.margin_mm is not None else tuple(a.margin_mm_range)
+    if not 0 <= margin[0] <= margin[1]:
+        raise InputFileError(f"margins must satisfy 0 <= low <= high (mm), got {list(margin)}")
+    transpose = plans_transpose_forward(name, a.p) if a.p else None
+    prompts, empty = boxes_from_labels(a.l, dataset_json, margin, a.seed, transpose)
+    save_prompts_file(prompts, a.o)  # atomic: a temporary file renamed into place
+    report_empty(empty)
+    n = sum(len(b.boxes) for ps in prompts.values() for b in ps)
+    print(f"written: {a.o} ({len(prompts)} case(s), {n} boxes; margins {margin[0]:g}-{margin[1]:g} mm, seed {a.seed})")
+
+
 def _cmd_upgrade_model(a) -> None:
     from nnunet_prompt.model_record import PLANS_KEY, upgrade_model_folder
     for folder in a.model_folder:
@@ -504,6 +530,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing target dataset")
     s.add_argument("-np", type=int, default=1, help="patients converted in parallel (default: 1)")
     s.set_defaults(func=_cmd_convert)
+
+    s = sub.add_parser("boxes-from-labels", help="write per-object, per-slice oracle boxes from label files as a "
+                       "prompts file (the MedSAM study's box prompt)",
+                       description="Write a prompts file (docs/reference/prompts.md) with, per case and per label present "
+                                   "in its label file, one 2D box around every object (8-connected component) on every "
+                                   "slice, each side widened by a margin in mm (the MedSAM study: random 0-20 mm). Give "
+                                   "the same file to every model with `nnunet-prompt predict --prompts`, so all compared "
+                                   "models see the same boxes. Boxes are in raw voxel coordinates (x, y, z), flat along "
+                                   "the slice axis: with -p, the axis the plans' 2d configuration slices along (the "
+                                   "first axis of transpose_forward), else each image's lowest-resolution axis (z for "
+                                   "a typical axial CT). Label files are only read.")
+    s.add_argument("-l", required=True, help="folder of label files CASE.nii.gz (e.g. $nnUNet_raw/DatasetXXX/labelsTs)")
+    s.add_argument("-d", required=True, help="dataset id or name (its dataset.json: labels, file ending)")
+    s.add_argument("-o", required=True, help="prompts file to write (JSON); written atomically")
+    s.add_argument("-p", default=None, help="plans identifier (e.g. nnUNetPlans): slice along its transpose_forward's "
+                   "first axis; default: each image's lowest-resolution axis")
+    margin = s.add_mutually_exclusive_group()
+    margin.add_argument("--margin-mm", type=float, default=None, help="one fixed margin for every side, in mm")
+    margin.add_argument("--margin-mm-range", type=float, nargs=2, default=[0.0, 20.0], metavar=("LOW", "HIGH"),
+                        help="each side's margin uniform in [LOW, HIGH] mm (default 0 20, the MedSAM study)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random margins (per case: seed + crc32(case))")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+    s.set_defaults(func=_cmd_boxes_from_labels)
 
     s = sub.add_parser("upgrade-model", help="convert a model folder trained before the plans record (sidecar "
                        "files) into today's format",

@@ -39,7 +39,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, require_cross_patch_head
 from nnunet_prompt.model_record import record_from_plans
-from nnunet_prompt.networks.contract import object_label_manager, unwrap
+from nnunet_prompt.networks.contract import object_label_manager, unwrap, used_prompt_channels
 from nnunet_prompt.prompts.encoding import MASK, POS, PromptEncoding, ball_radius_voxels, draw_balls, encode_preprocessed
 from nnunet_prompt.prompts.geometry import ImageGeometry, PreprocessedGrid, case_volume_spacing
 from nnunet_prompt.prompts.model import PromptError, PromptsByCase
@@ -107,6 +107,7 @@ class PromptPredictor(nnUNetPredictor):
         # case -> network time (seconds, preprocessing and export excluded), slices (the first axis of the
         # preprocessed grid, which a 2d configuration predicts one by one) and boxes given: ``timing_record``
         self.case_timing: Dict[str, dict] = {}
+        self.prompt_channels_used: Optional[tuple] = None  # channel names the network reads (None: all)
 
     # -------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
@@ -146,6 +147,7 @@ class PromptPredictor(nnUNetPredictor):
                                 else PromptEncoding.from_dict(record.prompt_encoding))
         self.clinical_context = (None if record.clinical_context is None
                                  else ClinicalContextConfig.from_dict(record.clinical_context))
+        self.prompt_channels_used = used_prompt_channels(record) if record.prompt_encoding is not None else None
 
     def enable_cross_patch(self, model_folder: str, threshold: float = 0.5, max_patches: int = 27) -> None:
         """Predict each prompted label by cross-patch propagation from its positive clicks (one fold only)."""
@@ -225,6 +227,7 @@ class PromptPredictor(nnUNetPredictor):
             seen = set()
             for p in prompts:
                 p.require_location(case, self.prompts_source)
+                self.check_prompt_kinds(p, case)
                 label = p.resolve_label(labels, case, self.prompts_source)
                 if label in seen:
                     raise PromptError(f"Case '{case}' has two prompts for label {label} in '{self.prompts_source}'; "
@@ -235,6 +238,22 @@ class PromptPredictor(nnUNetPredictor):
             import sys
             print(f"nnunet-prompt: note: prompts file '{self.prompts_source}' has entries for {len(unknown)} case(s) "
                   f"with no image in '{source_folder}', not predicted: {listed}", file=sys.stderr)
+
+    def check_prompt_kinds(self, prompt, case: str) -> None:
+        """Refuse what the network would ignore (a box-only model given clicks or a mask), instead of dropping it."""
+        if self.prompt_channels_used is None:
+            return
+        used = set(self.prompt_channels_used)
+        given = {"positive_points": ("positive_clicks", bool(prompt.positive_points)),
+                 "negative_points": ("negative_clicks", bool(prompt.negative_points)),
+                 "boxes": ("box", bool(prompt.boxes)), "mask": ("previous_mask", prompt.mask is not None)}
+        ignored = [key for key, (channel, present) in given.items() if present and channel not in used]
+        if ignored:
+            takes = [key for key, (channel, _) in given.items() if channel in used]
+            raise PromptError(f"Case '{case}' in prompts file '{self.prompts_source}' gives {', '.join(ignored)}, which "
+                              f"this model ({self.trainer_name}) does not read: it takes {', '.join(takes)} only. "
+                              f"Remove {', '.join(ignored)} from the case's prompts (e.g. write them with `nnunet-prompt "
+                              f"boxes-from-labels`), or predict with a model trained with them (PromptTrainer).")
 
     def _missing(self, case: str):
         raise PromptError(f"No prompt for case '{case}' in prompts file '{self.prompts_source}'. Add an entry "
@@ -255,6 +274,7 @@ class PromptPredictor(nnUNetPredictor):
         self._current_case, self._current_case_clicks = case, {}
         spacing = case_volume_spacing(self.configuration_manager.spacing, properties, self.plans_manager.transpose_forward)
         for p in prompts:
+            self.check_prompt_kinds(p, case)
             label = p.resolve_label(labels, case, self.prompts_source)
             if label in out:
                 raise PromptError(f"Case '{case}' has two prompts for label {label} in '{self.prompts_source}'; "

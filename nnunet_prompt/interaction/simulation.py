@@ -6,7 +6,9 @@ by its final validation; the N-click evaluation protocol uses the same refinemen
 
 * Initial prompt (round 1, the MedSAM study and CT-SAM3D): per sample one of {clicks only, box only, box + clicks},
   drawn at random. Clicks are random voxels of the target; the box is the target's bounding box,
-  each side widened by a random margin of 0-20 mm.
+  each side widened by a random margin of 0-20 mm. ``"slice_boxes"`` (not among the defaults; the MedSAM
+  study's "nnU-Net w/ box") gives instead one such box per object per slice along axis 0
+  (``nnunet_prompt.interaction.slice_boxes``).
 * Refinement rounds: the next click goes to the voxel farthest from the boundary of the largest error
   region (false negatives give a positive click, false positives a negative one), and the previous
   prediction becomes the mask prompt.
@@ -26,14 +28,16 @@ import torch.nn.functional as F
 
 from nnunet_prompt.prompts.encoding import BOX, MASK, NEG, POS, PromptEncoding, ball_radius_voxels, draw_balls
 
-INITIAL_PROMPT_TYPES = ("clicks", "box", "box+clicks")
+INITIAL_PROMPT_TYPES = ("clicks", "box", "box+clicks", "slice_boxes")
+# what a policy draws from unless told otherwise; "slice_boxes" is chosen explicitly (BoxPromptTrainer)
+DEFAULT_INITIAL_TYPES = ("clicks", "box", "box+clicks")
 
 
 @dataclass(frozen=True)
 class SimulationPolicy:
     """How the simulated user behaves. Defaults follow CT-SAM3D and the MedSAM study."""
     num_rounds: int = 5                      # CT-SAM3D: 5 interaction rounds per batch
-    initial_types: Tuple[str, ...] = INITIAL_PROMPT_TYPES
+    initial_types: Tuple[str, ...] = DEFAULT_INITIAL_TYPES
     max_initial_clicks: int = 3              # 1..max random clicks in the target
     box_margin_mm: Tuple[float, float] = (0.0, 20.0)  # the MedSAM study: bounding box widened by 0-20 mm
 
@@ -123,9 +127,15 @@ class InteractionSimulator:
         A sample with an empty target gets no prompt (all zeros)."""
         b = target.shape[0]
         out = torch.zeros((b, self.encoding.num_channels, *target.shape[1:]), device=target.device)
+        per_slice = []
         for i in range(b):
             kind = prompt_types[i] if prompt_types is not None else self._choose_initial_type()
+            if kind not in INITIAL_PROMPT_TYPES:
+                raise ValueError(f"unknown initial prompt type {kind!r}; known: {INITIAL_PROMPT_TYPES}")
             if not bool(target[i].any()):
+                continue
+            if kind == "slice_boxes":
+                per_slice.append(i)  # all of the batch's slices at once, below
                 continue
             if "clicks" in kind:
                 n = 1 + _randint(self.generator, self.policy.max_initial_clicks)
@@ -133,6 +143,10 @@ class InteractionSimulator:
             if "box" in kind:
                 lo, hi = self.widened_bbox(target[i])
                 out[i, BOX, lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = 1
+        if per_slice:
+            from nnunet_prompt.interaction.slice_boxes import slice_box_channel
+            out[per_slice, BOX] = slice_box_channel(target[per_slice], self.spacing, self.policy.box_margin_mm,
+                                                    self.generator).to(out.dtype)
         return out
 
     def widened_bbox(self, target: torch.Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:

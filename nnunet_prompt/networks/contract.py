@@ -50,3 +50,22 @@ def append_empty_prompts_hook(num_image_channels: int, num_prompt_channels: int)
         return (torch.cat([x, pad], 1), *args[1:])
 
     return hook
+
+
+def used_prompt_channels(record) -> tuple:
+    """Names of the prompt channels a model's network reads (``network["prompt_channels_used"]`` of its plans record;
+    all channels of its prompt encoding when the record does not say). The others are accepted and ignored."""
+    used = record.network.get("prompt_channels_used")
+    return tuple(used) if used is not None else tuple((record.prompt_encoding or {}).get("channels", ()))
+
+
+def select_input_channels_hook(keep):
+    """Forward pre-hook: pass only the input channels ``keep`` (indices) to the network, so a model that reads a
+    subset of the prompt channels keeps the common input layout (image channels, then all prompt channels)."""
+    index = torch.as_tensor(list(keep), dtype=torch.long)
+
+    def hook(module, args):
+        x = args[0]
+        return (x.index_select(1, index.to(x.device)), *args[1:])
+
+    return hook

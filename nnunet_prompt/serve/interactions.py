@@ -43,7 +43,8 @@ def model_capabilities(predictor) -> Dict[str, bool]:
                                  f"model): the nnInteractive protocol has nothing to give it.")
     boxes = policy is None or any("box" in t for t in policy.initial_types)
     clicks = policy is None or policy.num_rounds > 1 or any("click" in t for t in policy.initial_types)
-    channels = set(encoding.channels)
+    # what the network reads (a box-only model ignores clicks and the previous mask)
+    channels = set(getattr(predictor, "prompt_channels_used", None) or encoding.channels)
     clicks = clicks and {"positive_clicks", "negative_clicks"} <= channels
     boxes = boxes and "box" in channels
     return {"points": clicks, "scribble": clicks, "bbox2d": boxes, "bbox3d": boxes, "lasso": boxes,
