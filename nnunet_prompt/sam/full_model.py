@@ -32,9 +32,9 @@ from typing import Dict, Optional, Tuple
 import torch
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
-from nnunet_prompt.sam.checkpoint import (ENCODER_PREFIX, SAMCheckpointError, image_encoder_state_dict,
-                                          infer_vision_config, official_image_encoder_state_dict,
-                                          read_sam_checkpoint)
+from nnunet_prompt.sam.checkpoint import (ENCODER_PREFIX, SAM_PRETRAINING_IMAGE_SIZE, SAMCheckpointError,
+                                          image_encoder_state_dict, infer_vision_config,
+                                          official_image_encoder_state_dict, read_sam_checkpoint, sam_vision_config)
 
 PROMPT_PREFIX = "prompt_encoder."
 DECODER_PREFIX = "mask_decoder."
@@ -243,6 +243,16 @@ def random_sam_model(config: SamConfig) -> SamModel:
     config.initializer_range = 0.02
     config.vision_config.initializer_range = 0.02
     return SamModel(config)
+
+
+def sam_config(variant: str, image_size: int = SAM_PRETRAINING_IMAGE_SIZE) -> SamConfig:
+    """The SamConfig of a published SAM (vit_b / vit_l / vit_h encoder; the prompt encoder and mask decoder are
+    the same in all three and in MedSAM), for random initialisation and benchmarks."""
+    vision = sam_vision_config(variant, image_size)
+    prompt = SamPromptEncoderConfig(image_size=image_size, patch_size=vision.patch_size)
+    decoder = SamMaskDecoderConfig(layer_norm_eps=1e-5)
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder,
+                     initializer_range=0.02)
 
 
 def tiny_sam_config(image_size: int = 64, decoder_heads: int = SAM_DECODER_HEADS) -> SamConfig:
