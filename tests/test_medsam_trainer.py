@@ -127,3 +127,123 @@ def test_checkpoint_round_trip_restores_the_scheduler_and_the_best_loss(tmp_path
     other = _Trainer(tmp_path)
     other.restore_extra_state(state)
     assert other.lr_scheduler.state_dict() == t.lr_scheduler.state_dict() and other.best_val_loss == 1.0
+
+
+# ------------------------------------------------- the trainer's plumbing, with a stand-in MedSAM network
+PLANS, CONFIG, DATASET_ID = "nnUNetPlansSAM64", "2d", 993
+
+
+class StandInMedSAM(torch.nn.Module):
+    """The MedSAMNetwork interface (input: image + 4 prompt channels; boxes = 8-connected components of the box
+    channel; (B, 2, S, S) logits, the union over a sample's boxes; return_boxes: per-box outputs) on a tiny conv,
+    so that the trainer's plumbing is tested without the SAM model."""
+
+    def __init__(self, num_image_channels):
+        super().__init__()
+        self.n = num_image_channels
+        self.conv = torch.nn.Conv2d(num_image_channels + 1, 1, 3, padding=1)
+        self.iou_head = torch.nn.Linear(1, 1)
+
+    def forward(self, x, return_boxes=False):
+        from nnunet_prompt.interaction.slice_boxes import component_boxes
+        from nnunet_prompt.prompts.encoding import BOX
+        b, _, h, w = x.shape
+        found = component_boxes(x[:, self.n + BOX] > 0)
+        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        inside = ((ys >= found.lo[:, 0, None, None]) & (ys <= found.hi[:, 0, None, None]) &
+                  (xs >= found.lo[:, 1, None, None]) & (xs <= found.hi[:, 1, None, None])).float()
+        img = x[found.slice, :self.n]
+        box_logits = self.conv(torch.cat([img, inside[:, None]], 1))[:, 0] * inside - 10 * (1 - inside)
+        union = torch.full((b, h, w), -10.0).index_reduce(0, found.slice, box_logits, "amax")
+        logits = torch.stack([torch.zeros_like(union), union], 1)
+        if not return_boxes:
+            return logits
+        iou = self.iou_head(box_logits.mean((1, 2))[:, None])[:, 0]
+        boxes = torch.stack([found.lo[:, 1], found.lo[:, 0], found.hi[:, 1], found.hi[:, 0]], 1)  # x0 y0 x1 y1
+        return logits, SimpleNamespace(box_sample=found.slice, boxes=boxes, box_logits=box_logits,
+                                       iou_predictions=iou)
+
+
+@pytest.fixture(scope="module")
+def sam2d_dataset(planned_dataset):
+    from nnunet_prompt_datasets.synthetic_hn import generate_synthetic_hn_dataset
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
+                                                                      plan_experiment_dataset, preprocess_dataset)
+    from nnunet_prompt_planners.sam_planner import SAM2DPlanner64
+    raw = generate_synthetic_hn_dataset(planned_dataset["env"]["nnUNet_raw"], DATASET_ID, "TinyMedSAM",
+                                        num_training=6, num_test=1, shape_xyz=(40, 40, 6))
+    extract_fingerprint_dataset(DATASET_ID, num_processes=1, check_dataset_integrity=True, show_progress_bar=False)
+    plan_experiment_dataset(DATASET_ID, SAM2DPlanner64)
+    preprocess_dataset(DATASET_ID, PLANS, (CONFIG,), [1], show_progress_bar=False)
+    return dict(planned_dataset, name=os.path.basename(raw), raw=raw)
+
+
+@pytest.fixture
+def stand_in(monkeypatch, tmp_path):
+    """medsam_record's two calls into the MedSAM model code replaced by the stand-in; a file for the base reference."""
+    from nnunet_prompt.sam import medsam_record
+    from nnunet_prompt.sam.checkpoint import ENV_VAR, random_sam_image_encoder, sam_vision_config, save_sam_checkpoint
+    enc = random_sam_image_encoder(sam_vision_config("vit_b", 32, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=1, global_attn_indexes=[0], window_size=2,
+                                                     output_channels=16, mlp_dim=16))
+    path = str(tmp_path / "sam.pth")
+    save_sam_checkpoint(path, enc)
+    monkeypatch.setenv(ENV_VAR, path)
+    config = SimpleNamespace(to_dict=lambda: {"stand_in": True}, vision_config=SimpleNamespace(image_size=None))
+    monkeypatch.setattr(medsam_record, "sam_config_for", lambda p, size, name=None: config)
+    monkeypatch.setattr(medsam_record, "build_network",
+                        lambda sam, finetune, size, schemes, props: StandInMedSAM(len(schemes)))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    return path
+
+
+def _medsam_trainer(ds, name="MedSAMTrainer_demo"):
+    import nnunet_prompt_trainers.MedSAMTrainer as module
+    from nnunetv2.utilities.file_path_utilities import load_json
+    pre = os.path.join(ds["env"]["nnUNet_preprocessed"], ds["name"])
+    return getattr(module, name)(dict(load_json(os.path.join(pre, f"{PLANS}.json")), continue_training=False),
+                                 CONFIG, 0, load_json(os.path.join(pre, "dataset.json")), torch.device("cpu"))
+
+
+def test_trainer_records_medsam_trains_with_the_iou_term_and_checkpoints_the_scheduler(sam2d_dataset, stand_in,
+                                                                                      tmp_path):
+    from nnunet_prompt.model_record import PLANS_KEY
+    t = _medsam_trainer(sam2d_dataset)
+    t.initialize()
+    record = t.plans_manager.plans[PLANS_KEY]
+    assert record["sam"]["kind"] == "medsam" and record["sam"]["pixel_norm"] == "unit"
+    assert record["sam"]["base"]["path"] == os.path.abspath(stand_in)
+    assert record["network"] == {"finetune": "full", "prompt_channels_used": ["box"]}
+    assert type(t.lr_scheduler).__name__ == "ReduceLROnPlateau" and t.optimizer.defaults["weight_decay"] == 0.01
+    assert t.simulation_policy.initial_types == ("slice_boxes",)
+    dl, _ = t.get_dataloaders()
+    t.network.train()
+    batch = t._prompted_batch(next(dl), rounds=1)
+    while not batch["target"].eq(1).any():
+        batch = t._prompted_batch(next(dl), rounds=1)
+    data, target = t._batch_on_device(batch)
+    logits, boxes = t.network(data, return_boxes=True)
+    assert boxes.iou_predictions.numel() >= 1
+    losses = t.medsam_loss(logits, boxes, target)
+    assert losses["iou_loss"] > 0
+    assert torch.isclose(losses["loss"].detach(), losses["seg_loss"] + losses["iou_loss"])
+    # the IoU head learns only through the IoU term
+    t.optimizer.zero_grad()
+    losses["loss"].backward()
+    assert t.network.iou_head.weight.grad.abs().sum() > 0
+    # a step through PromptTrainerBase.train_step (prompts, then MedSAMSteps), and a checkpoint with the scheduler
+    assert np.isfinite(t.train_step(next(dl))["loss"])
+    t.lr_scheduler.step(1.0)
+    t.lr_scheduler.step(2.0)
+    t.best_val_loss = 1.0
+    path = str(tmp_path / "checkpoint_latest.pth")
+    t.save_checkpoint(path)
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    assert saved[SCHEDULER_KEY]["num_bad_epochs"] == 1 and saved[BEST_VAL_LOSS_KEY] == 1.0
+    assert saved["optimizer_state"]["state"]  # AdamW moments
+    # --c: a new trainer restores optimizer and scheduler state from the file
+    r = _medsam_trainer(sam2d_dataset)
+    r.load_checkpoint(path)
+    assert r.lr_scheduler.state_dict() == t.lr_scheduler.state_dict() and r.best_val_loss == 1.0
+    for a, b in zip(r.optimizer.state_dict()["state"].values(), t.optimizer.state_dict()["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])
