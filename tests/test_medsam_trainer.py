@@ -247,3 +247,41 @@ def test_trainer_records_medsam_trains_with_the_iou_term_and_checkpoints_the_sch
     assert r.lr_scheduler.state_dict() == t.lr_scheduler.state_dict() and r.best_val_loss == 1.0
     for a, b in zip(r.optimizer.state_dict()["state"].values(), t.optimizer.state_dict()["state"].values()):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
+
+
+def test_zero_shot_predict_builds_reuses_and_rebuilds_its_model_folder_and_writes_timing(sam2d_dataset, stand_in,
+                                                                                          tmp_path, monkeypatch,
+                                                                                          capsys):
+    """`nnunet-prompt predict --zero-shot` (in this process, so the stand-in network is used): the model folder
+    MedSAMTrainer_zeroShot__PLANS__2d/fold_all, prediction from it, OUT/timing.json; same file: reused; other
+    pixel normalisation: rebuilt."""
+    from nnunet_prompt.cli import main
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, sam2d_dataset["env"][k])
+    images = os.path.join(sam2d_dataset["raw"], "imagesTs")
+    case = sorted(os.listdir(images))[0][:-len("_0000.nii.gz")]
+    prompts = tmp_path / "boxes.json"
+    prompts.write_text(json.dumps({case: {"boxes": [{"min": [5, 5, 1], "max": [30, 30, 1]},
+                                                    {"min": [5, 5, 3], "max": [20, 20, 4]}]}}))
+    args = ["predict", "-i", images, "-d", str(DATASET_ID), "-p", PLANS, "-c", CONFIG, "-tr", "MedSAMTrainer",
+            "--zero-shot", "--sam-checkpoint", stand_in, "--prompts", str(prompts), "-device", "cpu"]
+    main(args + ["-o", str(tmp_path / "out")])
+    folder = os.path.join(sam2d_dataset["env"]["nnUNet_results"], sam2d_dataset["name"],
+                          f"MedSAMTrainer_zeroShot__{PLANS}__{CONFIG}")
+    ckpt = torch.load(os.path.join(folder, "fold_all", "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == "MedSAMTrainer_zeroShot" and ckpt["inference_allowed_mirroring_axes"] is None
+    record = json.load(open(os.path.join(folder, "plans.json")))["nnunet_prompt"]
+    assert record["sam"]["base"]["path"] == os.path.abspath(stand_in) and record["sam"]["pixel_norm"] == "unit"
+    assert os.path.isfile(tmp_path / "out" / f"{case}.nii.gz")
+    timing = json.load(open(tmp_path / "out" / "timing.json"))
+    entry = timing["cases"][case]
+    assert entry["labels"] == 1 and entry["slices"] == 6 and entry["boxes"] == 3  # boxes on slices 1, 3, 4
+    assert entry["seconds"] > 0 and math.isclose(entry["seconds_per_slice"], entry["seconds"] / 6, rel_tol=1e-3)
+    mtime = os.path.getmtime(os.path.join(folder, "fold_all", "checkpoint_final.pth"))
+    capsys.readouterr()
+    main(args + ["-o", str(tmp_path / "out2")])
+    assert "reusing" in capsys.readouterr().out
+    assert os.path.getmtime(os.path.join(folder, "fold_all", "checkpoint_final.pth")) == mtime
+    main(args + ["-o", str(tmp_path / "out3"), "--pixel-norm", "imagenet"])
+    assert "rebuilding" in capsys.readouterr().err
+    assert json.load(open(os.path.join(folder, "plans.json")))["nnunet_prompt"]["sam"]["pixel_norm"] == "imagenet"
