@@ -2,7 +2,7 @@
 
     {"kind": "medsam", "base": SAMBaseReference dict or None, "pixel_norm": "unit" | "imagenet",
      "sam_config": transformers SamConfig dict (vision image_size = the planned patch),
-     "random_config": name of the random SAM (base None) or None, "version": 1}
+     "random_config": name of the random SAM ("tiny", "vit_b", ...; base None) or None, "version": 1}
 
 A fresh training names the base file with ``NNUNET_PROMPT_SAM_CHECKPOINT`` (an official SAM or MedSAM ``.pth``);
 ``*_randomInit`` trainers take none and build a random SAM of the config ``NNUNET_PROMPT_SAM_RANDOM_CONFIG`` names.
@@ -35,8 +35,16 @@ def check_pixel_norm(pixel_norm: str, where: str) -> str:
 def sam_config_for(path: Optional[str], image_size: int, random_config: Optional[str] = None):
     """The SamConfig of a SAM/MedSAM file (read off its tensor shapes) or of a named random config, for inputs of
     image_size^2 pixels."""
-    from nnunet_prompt.sam import sam_model
-    config = sam_model.infer_sam_config(path) if path else sam_model.named_sam_config(random_config)
+    # nnunet_prompt.sam.full_model: the medsam-model branch's full-SAM loading (names as of its work in progress)
+    from nnunet_prompt.sam import full_model
+    from nnunet_prompt.sam.checkpoint import read_sam_checkpoint, sam_vision_config
+    if path:
+        config = full_model.infer_sam_config(read_sam_checkpoint(path))
+    elif random_config == "tiny":
+        config = full_model.tiny_sam_config(int(image_size))
+    else:
+        from transformers import SamConfig
+        config = SamConfig(vision_config=sam_vision_config(random_config or "vit_b", int(image_size)).to_dict())
     config.vision_config.image_size = int(image_size)
     return config
 
@@ -75,9 +83,9 @@ def build_network(sam: dict, finetune: str, image_size: int, normalization_schem
     if sam is None or sam.get("kind") != KIND:
         raise SAMCheckpointError(f"the plans record's 'sam' entry is not a MedSAM one ({sam}); train with a "
                                  f"MedSAMTrainer variant")
-    from transformers import SamConfig
+    from nnunet_prompt.sam.full_model import sam_config_from_dict
     from nnunet_prompt.sam.medsam_network import build_medsam_network
-    config = SamConfig.from_dict(sam["sam_config"])
+    config = sam_config_from_dict(sam["sam_config"])
     if config.vision_config.image_size != image_size:
         raise SAMCheckpointError(f"the recorded SAM input size {config.vision_config.image_size} is not the planned "
                                  f"patch {image_size}: the model was trained on other plans")
