@@ -222,7 +222,10 @@ def test_every_trainable_parameter_gets_a_gradient(sam_file, finetune):
     encoder = {n for n, _ in net.named_parameters() if n.startswith("sam.vision_encoder.")}
     decoder = {n for n, _ in net.named_parameters() if n.startswith("sam.mask_decoder.")}
     assert decoder <= trainable
-    assert not any(n.startswith(("sam.prompt_encoder.", "sam.shared_image_embedding.")) for n in trainable)
+    prompt = {n for n in trainable if n.startswith(("sam.prompt_encoder.", "sam.shared_image_embedding."))}
+    # what a box reaches in the prompt encoder is trained (LiteMedSAM), the point / mask embeddings are not
+    assert prompt == {"sam.prompt_encoder.point_embed.2.weight", "sam.prompt_encoder.point_embed.3.weight",
+                      "sam.prompt_encoder.no_mask_embed.weight"}
     if finetune == "full":
         assert encoder <= trainable
     elif finetune == "frozen_encoder":
@@ -237,6 +240,7 @@ def test_every_trainable_parameter_gets_a_gradient(sam_file, finetune):
     assert [n for n in trainable if grads[n] is None] == []
     assert [n for n in frozen if grads[n] is not None] == []
     assert grads["sam.mask_decoder.upscale_conv1.weight"].abs().sum() > 0
+    assert grads["sam.prompt_encoder.point_embed.2.weight"].abs().sum() > 0
     if finetune == "full":
         assert grads["sam.vision_encoder.patch_embed.projection.weight"].abs().sum() > 0
     # a batch without any box still reaches every trainable parameter (DDP), with zero gradients

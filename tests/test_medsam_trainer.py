@@ -129,39 +129,8 @@ def test_checkpoint_round_trip_restores_the_scheduler_and_the_best_loss(tmp_path
     assert other.lr_scheduler.state_dict() == t.lr_scheduler.state_dict() and other.best_val_loss == 1.0
 
 
-# ------------------------------------------------- the trainer's plumbing, with a stand-in MedSAM network
+# ------------------------------------------- the trainer, with a tiny SAM file the test builds and saves
 PLANS, CONFIG, DATASET_ID = "nnUNetPlansSAM64", "2d", 993
-
-
-class StandInMedSAM(torch.nn.Module):
-    """The MedSAMNetwork interface (input: image + 4 prompt channels; boxes = 8-connected components of the box
-    channel; (B, 2, S, S) logits, the union over a sample's boxes; return_boxes: per-box outputs) on a tiny conv,
-    so that the trainer's plumbing is tested without the SAM model."""
-
-    def __init__(self, num_image_channels):
-        super().__init__()
-        self.n = num_image_channels
-        self.conv = torch.nn.Conv2d(num_image_channels + 1, 1, 3, padding=1)
-        self.iou_head = torch.nn.Linear(1, 1)
-
-    def forward(self, x, return_boxes=False):
-        from nnunet_prompt.interaction.slice_boxes import component_boxes
-        from nnunet_prompt.prompts.encoding import BOX
-        b, _, h, w = x.shape
-        found = component_boxes(x[:, self.n + BOX] > 0)
-        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-        inside = ((ys >= found.lo[:, 0, None, None]) & (ys <= found.hi[:, 0, None, None]) &
-                  (xs >= found.lo[:, 1, None, None]) & (xs <= found.hi[:, 1, None, None])).float()
-        img = x[found.slice, :self.n]
-        box_logits = self.conv(torch.cat([img, inside[:, None]], 1))[:, 0] * inside - 10 * (1 - inside)
-        union = torch.full((b, h, w), -10.0).index_reduce(0, found.slice, box_logits, "amax")
-        logits = torch.stack([torch.zeros_like(union), union], 1)
-        if not return_boxes:
-            return logits
-        iou = self.iou_head(box_logits.mean((1, 2))[:, None])[:, 0]
-        boxes = torch.stack([found.lo[:, 1], found.lo[:, 0], found.hi[:, 1], found.hi[:, 0]], 1)  # x0 y0 x1 y1
-        return logits, SimpleNamespace(box_sample=found.slice, boxes=boxes, box_logits=box_logits,
-                                       iou_predictions=iou)
 
 
 @pytest.fixture(scope="module")
@@ -179,20 +148,15 @@ def sam2d_dataset(planned_dataset):
 
 
 @pytest.fixture
-def stand_in(monkeypatch, tmp_path):
-    """medsam_record's two calls into the MedSAM model code replaced by the stand-in; a file for the base reference."""
-    from nnunet_prompt.sam import medsam_record
-    from nnunet_prompt.sam.checkpoint import ENV_VAR, random_sam_image_encoder, sam_vision_config, save_sam_checkpoint
-    enc = random_sam_image_encoder(sam_vision_config("vit_b", 32, hidden_size=16, num_hidden_layers=1,
-                                                     num_attention_heads=1, global_attn_indexes=[0], window_size=2,
-                                                     output_channels=16, mlp_dim=16))
-    path = str(tmp_path / "sam.pth")
-    save_sam_checkpoint(path, enc)
+def tiny_sam(monkeypatch, tmp_path):
+    """A tiny random SAM (image encoder, prompt encoder, mask decoder) saved as an official-format file through the
+    real saving code, named as the base file of a fresh training."""
+    from nnunet_prompt.sam.checkpoint import ENV_VAR
+    from nnunet_prompt.sam.full_model import random_sam_model, save_sam_model_checkpoint, tiny_sam_config
+    torch.manual_seed(0)
+    path = str(tmp_path / "tiny_medsam.pth")
+    save_sam_model_checkpoint(path, random_sam_model(tiny_sam_config(64)))
     monkeypatch.setenv(ENV_VAR, path)
-    config = SimpleNamespace(to_dict=lambda: {"stand_in": True}, vision_config=SimpleNamespace(image_size=None))
-    monkeypatch.setattr(medsam_record, "sam_config_for", lambda p, size, name=None: config)
-    monkeypatch.setattr(medsam_record, "build_network",
-                        lambda sam, finetune, size, schemes, props: StandInMedSAM(len(schemes)))
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     return path
 
@@ -205,14 +169,14 @@ def _medsam_trainer(ds, name="MedSAMTrainer_demo"):
                                  CONFIG, 0, load_json(os.path.join(pre, "dataset.json")), torch.device("cpu"))
 
 
-def test_trainer_records_medsam_trains_with_the_iou_term_and_checkpoints_the_scheduler(sam2d_dataset, stand_in,
+def test_trainer_records_medsam_trains_with_the_iou_term_and_checkpoints_the_scheduler(sam2d_dataset, tiny_sam,
                                                                                       tmp_path):
     from nnunet_prompt.model_record import PLANS_KEY
     t = _medsam_trainer(sam2d_dataset)
     t.initialize()
     record = t.plans_manager.plans[PLANS_KEY]
     assert record["sam"]["kind"] == "medsam" and record["sam"]["pixel_norm"] == "unit"
-    assert record["sam"]["base"]["path"] == os.path.abspath(stand_in)
+    assert record["sam"]["base"]["path"] == os.path.abspath(tiny_sam)
     assert record["network"] == {"finetune": "full", "prompt_channels_used": ["box"]}
     assert type(t.lr_scheduler).__name__ == "ReduceLROnPlateau" and t.optimizer.defaults["weight_decay"] == 0.01
     assert t.simulation_policy.initial_types == ("slice_boxes",)
@@ -222,7 +186,8 @@ def test_trainer_records_medsam_trains_with_the_iou_term_and_checkpoints_the_sch
     while not batch["target"].eq(1).any():
         batch = t._prompted_batch(next(dl), rounds=1)
     data, target = t._batch_on_device(batch)
-    logits, boxes = t.network(data, return_boxes=True)
+    boxes = t.network(data, return_boxes=True)
+    logits = boxes.logits
     assert boxes.iou_predictions.numel() >= 1
     losses = t.medsam_loss(logits, boxes, target)
     assert losses["iou_loss"] > 0
@@ -230,7 +195,7 @@ def test_trainer_records_medsam_trains_with_the_iou_term_and_checkpoints_the_sch
     # the IoU head learns only through the IoU term
     t.optimizer.zero_grad()
     losses["loss"].backward()
-    assert t.network.iou_head.weight.grad.abs().sum() > 0
+    assert t.network.sam.mask_decoder.iou_prediction_head.proj_out.weight.grad.abs().sum() > 0
     # a step through PromptTrainerBase.train_step (prompts, then MedSAMSteps), and a checkpoint with the scheduler
     assert np.isfinite(t.train_step(next(dl))["loss"])
     t.lr_scheduler.step(1.0)
@@ -249,10 +214,10 @@ def test_trainer_records_medsam_trains_with_the_iou_term_and_checkpoints_the_sch
         assert torch.equal(a["exp_avg"], b["exp_avg"])
 
 
-def test_zero_shot_predict_builds_reuses_and_rebuilds_its_model_folder_and_writes_timing(sam2d_dataset, stand_in,
+def test_zero_shot_predict_builds_reuses_and_rebuilds_its_model_folder_and_writes_timing(sam2d_dataset, tiny_sam,
                                                                                           tmp_path, monkeypatch,
                                                                                           capsys):
-    """`nnunet-prompt predict --zero-shot` (in this process, so the stand-in network is used): the model folder
+    """`nnunet-prompt predict --zero-shot` (in this process): the model folder
     MedSAMTrainer_zeroShot__PLANS__2d/fold_all, prediction from it, OUT/timing.json; same file: reused; other
     pixel normalisation: rebuilt."""
     from nnunet_prompt.cli import main
@@ -264,14 +229,14 @@ def test_zero_shot_predict_builds_reuses_and_rebuilds_its_model_folder_and_write
     prompts.write_text(json.dumps({case: {"boxes": [{"min": [5, 5, 1], "max": [30, 30, 1]},
                                                     {"min": [5, 5, 3], "max": [20, 20, 4]}]}}))
     args = ["predict", "-i", images, "-d", str(DATASET_ID), "-p", PLANS, "-c", CONFIG, "-tr", "MedSAMTrainer",
-            "--zero-shot", "--sam-checkpoint", stand_in, "--prompts", str(prompts), "-device", "cpu"]
+            "--zero-shot", "--sam-checkpoint", tiny_sam, "--prompts", str(prompts), "-device", "cpu"]
     main(args + ["-o", str(tmp_path / "out")])
     folder = os.path.join(sam2d_dataset["env"]["nnUNet_results"], sam2d_dataset["name"],
                           f"MedSAMTrainer_zeroShot__{PLANS}__{CONFIG}")
     ckpt = torch.load(os.path.join(folder, "fold_all", "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert ckpt["trainer_name"] == "MedSAMTrainer_zeroShot" and ckpt["inference_allowed_mirroring_axes"] is None
     record = json.load(open(os.path.join(folder, "plans.json")))["nnunet_prompt"]
-    assert record["sam"]["base"]["path"] == os.path.abspath(stand_in) and record["sam"]["pixel_norm"] == "unit"
+    assert record["sam"]["base"]["path"] == os.path.abspath(tiny_sam) and record["sam"]["pixel_norm"] == "unit"
     assert os.path.isfile(tmp_path / "out" / f"{case}.nii.gz")
     timing = json.load(open(tmp_path / "out" / "timing.json"))
     entry = timing["cases"][case]

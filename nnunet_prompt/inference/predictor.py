@@ -108,7 +108,6 @@ class PromptPredictor(nnUNetPredictor):
         # preprocessed grid, which a 2d configuration predicts one by one) and boxes given: ``timing_record``
         self.case_timing: Dict[str, dict] = {}
         self.prompt_channels_used: Optional[tuple] = None  # channel names the network reads (None: all)
-        self.case_timing: Dict[str, dict] = {}  # case -> network time, slices, boxes (see case_timing_entry)
 
     # -------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
@@ -307,8 +306,6 @@ class PromptPredictor(nnUNetPredictor):
     def predict_prompted_logits(self, data: torch.Tensor, channels_by_label: Dict[int, torch.Tensor]) -> torch.Tensor:
         """data: (C_img, *spatial) preprocessed image -> (num_classes, *spatial) logits (see module doc).
         channels_by_label: {label value, or region (tuple of label values) in a region dataset: prompt channels}."""
-        self._sync()
-        t0 = time.perf_counter()
         # half precision, as nnU-Net's own sliding-window logits: a whole CT's map costs what nnU-Net's does
         out = unprompted_logits(self.label_manager, data.shape[1:], torch.half)
         for label, channels in channels_by_label.items():
@@ -323,34 +320,7 @@ class PromptPredictor(nnUNetPredictor):
                     logits = super().predict_logits_from_preprocessed_data(data.float())
             out[c] = (logits[1].float() - logits[0].float()).cpu()
             del logits
-        self._sync()
-        if self._current_case is not None:
-            self.case_timing[self._current_case] = self.case_timing_entry(time.perf_counter() - t0, data.shape[1:],
-                                                                          channels_by_label)
         return out
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def case_timing_entry(self, seconds: float, shape, channels_by_label: Dict[int, torch.Tensor]) -> dict:
-        """Network time of one case: all its prompted labels' passes (preprocessing and export excluded). 2d models:
-        ``slices`` (the preprocessed volume's first axis: each pass predicts every slice), ``boxes`` (2D boxes, i.e.
-        8-connected components of the box channel per slice, over all labels) and ``seconds_per_slice`` (seconds /
-        (slices x labels): one slice of one label's pass)."""
-        entry = {"seconds": round(seconds, 6), "labels": len(channels_by_label)}
-        if len(self.configuration_manager.patch_size) == 2:
-            from scipy.ndimage import label as components
-            in_plane = np.zeros((3, 3, 3), bool)
-            in_plane[1] = True  # 8-connected within a slice, never across slices
-            box = self.prompt_encoding.channels.index("box") if self.prompt_encoding is not None else None
-            n_boxes = 0
-            if box is not None:
-                for ch in channels_by_label.values():
-                    n_boxes += int(components(ch[box].cpu().numpy() > 0, structure=in_plane)[1])
-            passes = max(int(shape[0]) * len(channels_by_label), 1)
-            entry.update(slices=int(shape[0]), boxes=n_boxes, seconds_per_slice=round(seconds / passes, 6))
-        return entry
 
     @contextmanager
     def _prompt_channels_per_tile(self, channels: torch.Tensor):
@@ -457,10 +427,26 @@ class PromptPredictor(nnUNetPredictor):
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
         if self._current_case is not None:
-            boxes = sum(len(p.boxes) for p in self.case_prompts.get(self._current_case, []))
-            self.case_timing[self._current_case] = {"seconds": time.perf_counter() - t0, "slices": int(data.shape[1]),
-                                                    "boxes": boxes}
+            prompts = self.case_prompts.get(self._current_case, [])
+            seconds, slices, labels = time.perf_counter() - t0, int(data.shape[1]), max(len(prompts), 1)
+            entry = {"seconds": seconds, "slices": slices, "boxes": sum(len(p.boxes) for p in prompts),
+                     "labels": labels}
+            if len(self.configuration_manager.patch_size) == 2:  # each prompted label's pass predicts every slice
+                entry.update(boxes=self._slice_box_count(), seconds_per_slice=seconds / (slices * labels))
+            self.case_timing[self._current_case] = entry
         return logits
+
+    def _slice_box_count(self) -> int:
+        """2D boxes of the current case: 8-connected components of its box channels on each slice (a 3D box of
+        the prompts file over n slices is n boxes for a 2d model, as the MedSAM study counts them)."""
+        channels = self._current_case_channels or {}
+        if self.prompt_encoding is None or "box" not in self.prompt_encoding.channels:
+            return 0
+        from scipy.ndimage import label as components
+        in_plane = np.zeros((3, 3, 3), bool)
+        in_plane[1] = True  # within a slice, never across slices
+        box = self.prompt_encoding.channels.index("box")
+        return sum(int(components(ch[box].cpu().numpy() > 0, structure=in_plane)[1]) for ch in channels.values())
 
     def timing_record(self) -> dict:
         """What ``nnunet-prompt predict`` writes as OUTPUT/timing.json (read by ``nnunet-prompt compare``)."""

@@ -23,11 +23,11 @@ the mask logit, so nnU-Net's softmax over the two classes equals sigmoid(mask lo
   A slice without a box: channel 1 is ``BACKGROUND_LOGIT`` everywhere (probability ~5e-5), and at inference
   the encoder is skipped for it.
 
-Fine-tuning (``finetune``): ``full`` (MedSAM: image encoder and mask decoder trained), ``frozen_encoder`` (mask
+Fine-tuning (``finetune``): ``full`` (MedSAM: image encoder, prompt encoder and mask decoder trained), ``frozen_encoder`` (mask
 decoder only), ``lora`` (LoRA on the encoder's query/value projections, ``nnunet_prompt.sam.lora``, encoder base
-frozen, mask decoder trained). The prompt encoder is frozen in every mode, as MedSAM freezes it: with boxes
-only, its point, mask and padding embeddings would never receive a gradient, and DDP (no
-``find_unused_parameters``) requires one for every trainable parameter. For the same reason the IoU head is
+frozen, mask decoder trained). In every mode the prompt encoder's box corner embeddings and no-mask embedding are
+trained; its point, mask and padding embeddings, which a box never reaches, are frozen (DDP without
+``find_unused_parameters`` requires a gradient for every trainable parameter). For the same reason the IoU head is
 kept in the graph of ``logits`` with weight 0 (a loss on the logits alone, nnU-Net's, still reaches it), and a
 training batch without any box runs the model on one dummy box whose output is multiplied by 0.
 """
@@ -108,9 +108,15 @@ class MedSAMNetwork(nn.Module):
             freeze_base(sam.vision_encoder, [STAGE1])
         elif finetune == "frozen_encoder":
             sam.vision_encoder.requires_grad_(False)
-        # MedSAM freezes the prompt encoder, and the Fourier position table SAM keeps inside it
+        # The prompt encoder is trained where a box reaches it (corner embeddings, the no-mask embedding), as
+        # LiteMedSAM's training does. Its point, padding and mask embeddings never see a box-only prompt: frozen, as
+        # DDP (no find_unused_parameters) needs a gradient for every trainable parameter. The Fourier position
+        # table is a fixed buffer in SAM's own code and stays fixed.
         sam.prompt_encoder.requires_grad_(False)
         sam.shared_image_embedding.requires_grad_(False)
+        for embedding in (sam.prompt_encoder.point_embed[2], sam.prompt_encoder.point_embed[3],
+                          sam.prompt_encoder.no_mask_embed):
+            embedding.requires_grad_(True)
 
     def _pixels(self, image: torch.Tensor) -> torch.Tensor:
         pixels = self.input_adapter(image)

@@ -1,7 +1,7 @@
 """Which MedSAM network a model is: the ``sam`` field of its plans record (MedSAMTrainer, zero-shot MedSAM).
 
     {"kind": "medsam", "base": SAMBaseReference dict or None, "pixel_norm": "unit" | "imagenet",
-     "sam_config": transformers SamConfig dict (vision image_size = the planned patch),
+     "sam_config": transformers SamConfig dict (vision image_size: SAM's input size, the patch is resized to it),
      "random_config": name of the random SAM ("tiny", "vit_b", ...; base None) or None, "version": 1}
 
 A fresh training names the base file with ``NNUNET_PROMPT_SAM_CHECKPOINT`` (an official SAM or MedSAM ``.pth``);
@@ -12,6 +12,7 @@ checkpoints of MedSAM models hold every weight.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Dict, Optional, Sequence
@@ -33,27 +34,28 @@ def check_pixel_norm(pixel_norm: str, where: str) -> str:
 
 
 def sam_config_for(path: Optional[str], image_size: int, random_config: Optional[str] = None):
-    """The SamConfig of a SAM/MedSAM file (read off its tensor shapes) or of a named random config, for inputs of
-    image_size^2 pixels."""
-    # nnunet_prompt.sam.full_model: the medsam-model branch's full-SAM loading (names as of its work in progress)
+    """The SamConfig of a SAM/MedSAM file (read off its tensor shapes: its input size stays the file's, 1024 for
+    official files, and the network resizes the planned patch to it, as MedSAM does) or of a named random config
+    ("tiny": input size = the planned patch image_size, for tests; "vit_b" / "vit_l" / "vit_h": SAM's 1024)."""
     from nnunet_prompt.sam import full_model
-    from nnunet_prompt.sam.checkpoint import read_sam_checkpoint, sam_vision_config
+    from nnunet_prompt.sam.checkpoint import read_sam_checkpoint
     if path:
-        config = full_model.infer_sam_config(read_sam_checkpoint(path))
-    elif random_config == "tiny":
-        config = full_model.tiny_sam_config(int(image_size))
-    else:
-        from transformers import SamConfig
-        config = SamConfig(vision_config=sam_vision_config(random_config or "vit_b", int(image_size)).to_dict())
-    config.vision_config.image_size = int(image_size)
-    return config
+        return full_model.infer_sam_config(read_sam_checkpoint(path))
+    if random_config == "tiny":
+        return full_model.tiny_sam_config(int(image_size))
+    try:
+        return full_model.sam_config(random_config or "vit_b")
+    except SAMCheckpointError as e:
+        raise SAMCheckpointError(f"random SAM config {random_config!r} ({RANDOM_CONFIG_ENV_VAR}) unknown: choose "
+                                 f"tiny, vit_b, vit_l or vit_h") from e
 
 
 def record(base: Optional[SAMBaseReference], pixel_norm: str, image_size: int,
            random_config: Optional[str] = None) -> dict:
     config = sam_config_for(base.path if base else None, image_size, random_config)
     return {"kind": KIND, "base": None if base is None else base.as_dict(), "pixel_norm": pixel_norm,
-            "sam_config": config.to_dict(), "random_config": None if base else random_config, "version": VERSION}
+            "sam_config": json.loads(json.dumps(config.to_dict())),  # as plans.json holds it (str keys)
+            "random_config": None if base else random_config, "version": VERSION}
 
 
 def from_environment(random_init: bool, default_pixel_norm: str, image_size: int) -> dict:
@@ -78,17 +80,14 @@ def reachable_base_path(sam: dict) -> Optional[str]:
         return None
 
 
-def build_network(sam: dict, finetune: str, image_size: int, normalization_schemes: Sequence[str],
+def build_network(sam: dict, finetune: str, normalization_schemes: Sequence[str],
                   intensity_properties: Dict[str, dict]):
     if sam is None or sam.get("kind") != KIND:
         raise SAMCheckpointError(f"the plans record's 'sam' entry is not a MedSAM one ({sam}); train with a "
                                  f"MedSAMTrainer variant")
     from nnunet_prompt.sam.full_model import sam_config_from_dict
     from nnunet_prompt.sam.medsam_network import build_medsam_network
-    config = sam_config_from_dict(sam["sam_config"])
-    if config.vision_config.image_size != image_size:
-        raise SAMCheckpointError(f"the recorded SAM input size {config.vision_config.image_size} is not the planned "
-                                 f"patch {image_size}: the model was trained on other plans")
+    config = sam_config_from_dict(sam["sam_config"])  # its input size: the patch is resized to it
     return build_medsam_network(config, reachable_base_path(sam), check_pixel_norm(sam["pixel_norm"], "record"),
                                 normalization_schemes, intensity_properties, finetune)
 

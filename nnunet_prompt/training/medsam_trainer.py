@@ -105,8 +105,9 @@ class MedSAMSteps(nnUNetTrainer):
 
     def _forward_with_boxes(self, data, target):
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            logits, boxes_out = self.network(data, return_boxes=True)
-            losses = self.medsam_loss(logits, boxes_out, target)
+            out = self.network(data, return_boxes=True)  # MedSAMOutput: logits and per-box outputs
+            losses = self.medsam_loss(out.logits, out, target)
+        logits = out.logits
         return logits, losses
 
     def train_step(self, batch: dict) -> dict:
@@ -177,9 +178,9 @@ class MedSAMTrainerBase(ValidationLossPlateau, SliceWisePromptsMixin, PromptTrai
     def build_prompt_network(cls, plans_manager, configuration_manager, num_image_channels: int,
                              num_prompt_channels: int, options: dict,
                              enable_deep_supervision: bool = True) -> torch.nn.Module:
-        size = check_sam_patch(configuration_manager)
+        check_sam_patch(configuration_manager)
         record = record_from_plans(plans_manager.plans)
-        return medsam_record.build_network(record.sam, options["finetune"], size,
+        return medsam_record.build_network(record.sam, options["finetune"],
                                            configuration_manager.normalization_schemes,
                                            plans_manager.foreground_intensity_properties_per_channel)
 
