@@ -250,3 +250,134 @@ def test_zero_shot_predict_builds_reuses_and_rebuilds_its_model_folder_and_write
     main(args + ["-o", str(tmp_path / "out3"), "--pixel-norm", "imagenet"])
     assert "rebuilding" in capsys.readouterr().err
     assert json.load(open(os.path.join(folder, "plans.json")))["nnunet_prompt"]["sam"]["pixel_norm"] == "imagenet"
+
+
+# --------------------------------------------- nnUNetv2_train, --c, predict, zero-shot against SamModel itself
+TRAINER = "MedSAMTrainer_demo"
+
+
+@pytest.fixture(scope="module")
+def medsam_trained(sam2d_dataset, tmp_path_factory):
+    """MedSAMTrainer_demo trained by `nnUNetv2_train` (1 epoch of 2 iterations) from a tiny SAM file."""
+    from conftest import console_script, run
+    from nnunet_prompt.sam.checkpoint import ENV_VAR
+    from nnunet_prompt.sam.full_model import random_sam_model, save_sam_model_checkpoint, tiny_sam_config
+    torch.manual_seed(0)
+    base = str(tmp_path_factory.mktemp("medsam_base") / "tiny_medsam.pth")
+    save_sam_model_checkpoint(base, random_sam_model(tiny_sam_config(64)))
+    env = dict(sam2d_dataset["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="2", nnUNet_n_proc_DA="0",
+               **{ENV_VAR: base})
+    cmd = [console_script("nnUNetv2_train"), str(DATASET_ID), CONFIG, "0", "-tr", TRAINER, "-p", PLANS, "-device",
+           "cpu"]
+    proc = run(cmd, env)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    folder = os.path.join(env["nnUNet_results"], sam2d_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
+    return dict(sam2d_dataset, env=env, cmd=cmd, folder=folder, base=base, log=proc.stdout)
+
+
+def test_nnunetv2_train_fine_tunes_every_part_of_sam(medsam_trained):
+    from nnunet_prompt.sam.full_model import sam_model_state_dict
+    from nnunet_prompt.sam.checkpoint import read_sam_checkpoint
+    fold = os.path.join(medsam_trained["folder"], "fold_0")
+    assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    assert os.path.isfile(os.path.join(fold, "checkpoint_best.pth"))  # the lowest validation loss
+    assert "MedSAM network (full fine-tuning)" in open(
+        [os.path.join(fold, f) for f in os.listdir(fold) if f.startswith("training_log")][0]).read()
+    weights = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu",
+                         weights_only=False)["network_weights"]
+    base = sam_model_state_dict(read_sam_checkpoint(medsam_trained["base"]))
+    changed = {k for k, v in base.items() if not torch.equal(weights["sam." + k], v)}
+    # image encoder, the prompt encoder's box corners and the mask decoder moved; the point embeddings did not
+    assert any(k.startswith("vision_encoder.") for k in changed)
+    assert any(k.startswith("mask_decoder.") for k in changed)
+    assert "prompt_encoder.point_embed.2.weight" in changed
+    assert "prompt_encoder.point_embed.0.weight" not in changed
+
+
+def test_resume_with_c_keeps_the_plateau_schedule(medsam_trained):
+    from conftest import run
+    env = dict(medsam_trained["env"], NNUNET_PROMPT_DEMO_EPOCHS="2")
+    proc = run(medsam_trained["cmd"] + ["--c"], env)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "Epoch 1" in proc.stdout and "Epoch 0" not in proc.stdout
+    ckpt = torch.load(os.path.join(medsam_trained["folder"], "fold_0", "checkpoint_final.pth"), map_location="cpu",
+                      weights_only=False)
+    assert ckpt["current_epoch"] == 2 and ckpt[SCHEDULER_KEY]["last_epoch"] >= 1 and BEST_VAL_LOSS_KEY in ckpt
+
+
+def test_predict_without_the_base_file_from_the_plans_alone(medsam_trained, tmp_path):
+    """The trained model is rebuilt from its plans record: the base SAM file is gone at prediction time."""
+    from conftest import console_script, run
+    from nnunet_prompt.sam.checkpoint import ENV_VAR
+    raw = medsam_trained["raw"]
+    env = {k: v for k, v in medsam_trained["env"].items() if k != ENV_VAR}
+    moved = str(tmp_path / "elsewhere.pth")
+    os.rename(medsam_trained["base"], moved)
+    try:
+        prompts = tmp_path / "boxes.json"
+        assert run([console_script("nnunet-prompt"), "boxes-from-labels", "-l", os.path.join(raw, "labelsTs"), "-d",
+                    str(DATASET_ID), "-p", PLANS, "-o", str(prompts)], env).returncode == 0
+        out = tmp_path / "pred"
+        proc = run([console_script("nnunet-prompt"), "predict", "-i", os.path.join(raw, "imagesTs"), "-o", str(out),
+                    "-d", str(DATASET_ID), "-p", PLANS, "-c", CONFIG, "-f", "0", "-tr", TRAINER, "--prompts",
+                    str(prompts), "-device", "cpu"], env)
+        assert proc.returncode == 0, proc.stdout[-5000:]
+        assert "its weights come from the model's checkpoint" in proc.stdout
+        cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(raw, "labelsTs")))
+        assert sorted(f[:-len(".nii.gz")] for f in os.listdir(out) if f.endswith(".nii.gz")) == cases
+        timing = json.load(open(out / "timing.json"))["cases"]
+        n_boxes = sum(len(p["boxes"]) for p in json.load(open(prompts))[cases[0]])
+        assert timing[cases[0]]["boxes"] >= n_boxes > 0 and timing[cases[0]]["seconds_per_slice"] > 0
+    finally:
+        os.rename(moved, medsam_trained["base"])
+
+
+def test_zero_shot_prediction_equals_sam_models_own_forward_on_a_slice(sam2d_dataset, tmp_path, monkeypatch):
+    """`predict --zero-shot` on a 64x64 image (one tile per slice, no resampling) gives, on the boxed slice, the
+    probability of transformers' SamModel itself given the windowed slice and the same box; no box: background."""
+    import SimpleITK as sitk
+    import torch.nn.functional as F
+    from conftest import console_script, run
+    from test_medsam import _informative
+    from nnunet_prompt.sam.full_model import load_sam_model, random_sam_model, save_sam_model_checkpoint, \
+        tiny_sam_config
+    torch.manual_seed(1)
+    path = str(tmp_path / "informative_sam.pth")
+    save_sam_model_checkpoint(path, _informative(random_sam_model(tiny_sam_config(64))))
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40, 120, size=(3, 64, 64)).astype(np.float32)  # z, y, x
+    hu[:, 20:40, 10:30] += 150
+    images = tmp_path / "images"
+    images.mkdir()
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((2.0, 2.0, 3.0))
+    sitk.WriteImage(image, str(images / "probe_0000.nii.gz"))
+    x0, y0, x1, y1 = 8, 18, 33, 43
+    prompts = tmp_path / "box.json"
+    prompts.write_text(json.dumps({"probe": {"boxes": [{"min": [x0, y0, 1], "max": [x1, y1, 1]}]}}))
+    env = dict(sam2d_dataset["env"], nnUNet_results=str(tmp_path / "results"))
+    out = tmp_path / "out"
+    proc = run([console_script("nnunet-prompt"), "predict", "-i", str(images), "-o", str(out), "-d", str(DATASET_ID),
+                "-p", PLANS, "-c", CONFIG, "-tr", "MedSAMTrainer", "--zero-shot", "--sam-checkpoint", path,
+                "--prompts", str(prompts), "--save_probabilities", "-device", "cpu"], env)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    probabilities = np.load(out / "probe.npz")["probabilities"][1]  # (z, y, x)
+
+    model, _ = load_sam_model(path)
+    # nnU-Net's CT normalisation clips to the dataset's foreground percentiles; then MedSAM's soft-tissue window
+    # (level 40, width 400) to [0, 1], replicated to RGB
+    plans = json.load(open(os.path.join(env["nnUNet_preprocessed"], sam2d_dataset["name"], f"{PLANS}.json")))
+    ct = plans["foreground_intensity_properties_per_channel"]["0"]
+    window = np.clip((np.clip(hu[1], ct["percentile_00_5"], ct["percentile_99_5"]) - (40 - 200)) / 400, 0, 1)
+    pixels = torch.from_numpy(window)[None, None].expand(1, 3, 64, 64).float()
+    with torch.no_grad():
+        ref = model(pixel_values=pixels, input_boxes=torch.tensor([[[x0, y0, x1, y1]]], dtype=torch.float32),
+                    multimask_output=False)
+    ref = torch.sigmoid(F.interpolate(ref.pred_masks[:, 0], size=(64, 64), mode="bilinear", align_corners=False))
+    ref = ref[0, 0].numpy()
+    assert ref.max() - ref.min() > 0.1  # an informative reference
+    error = np.abs(probabilities[1] - ref)
+    # nnU-Net's sliding window accumulates Gaussian-weighted logits in half precision: exact where the weight is
+    # large, a few 1e-3 in the tile's corners, where the weight is ~1e-7
+    assert error[16:48, 16:48].max() < 1e-3 and error.max() < 1e-2
+    assert probabilities[0].max() < 1e-3 and probabilities[2].max() < 1e-3
