@@ -198,6 +198,8 @@ def test_trainer_records_medsam_trains_with_the_iou_term_and_checkpoints_the_sch
     assert t.network.sam.mask_decoder.iou_prediction_head.proj_out.weight.grad.abs().sum() > 0
     # a step through PromptTrainerBase.train_step (prompts, then MedSAMSteps), and a checkpoint with the scheduler
     assert np.isfinite(t.train_step(next(dl))["loss"])
+    # the validation loss is the soft Dice loss (negative soft Dice), as the study selects its epoch by
+    assert losses["dice_loss"] < 0 and -1 <= float(t.validation_step(next(dl))["loss"]) <= 0
     t.lr_scheduler.step(1.0)
     t.lr_scheduler.step(2.0)
     t.best_val_loss = 1.0

@@ -13,7 +13,8 @@ prompted validation, ``nnunet-prompt predict`` and the session. ``MedSAMTrainerB
 * loss: nnU-Net's Dice + cross-entropy on the 2-class logits plus the IoU-prediction loss (``iou_prediction_loss``:
   the MSE between each box's predicted IoU and the IoU of its thresholded mask with the target inside its box);
 * no deep supervision; AdamW lr 3e-4, weight decay 0.01 (MedSAM's); ``ReduceLROnPlateau`` (0.9, patience 5) on the
-  validation loss and the lowest-validation-loss checkpoint as ``checkpoint_best.pth``
+  validation loss, which is the soft Dice loss (the study keeps the epoch of lowest validation Dice loss), and the
+  lowest-validation-loss checkpoint as ``checkpoint_best.pth``
   (``nnunet_prompt.training.plateau_schedule``);
 * DDP (no ``find_unused_parameters``): a step without any box (background patches) still reaches every trainable
   parameter, through a zero-weighted term (``touch_all``).
@@ -96,7 +97,15 @@ class MedSAMSteps(nnUNetTrainer):
         total = seg + self.iou_loss_weight * iou
         if boxes_out.iou_predictions.numel() == 0:
             total = total + touch_all(self.network)
-        return {"loss": total, "seg_loss": seg.detach(), "iou_loss": iou.detach()}
+        return {"loss": total, "seg_loss": seg.detach(), "iou_loss": iou.detach(),
+                "dice_loss": self._dice_loss(logits, target, valid).detach()}
+
+    def _dice_loss(self, logits: torch.Tensor, target: torch.Tensor, valid) -> torch.Tensor:
+        """The soft Dice term of nnU-Net's Dice + CE (its ``dc``, the negative soft Dice): the MedSAM study keeps the
+        epoch of lowest validation Dice loss."""
+        if valid is None:
+            return self.loss.dc(logits, target)
+        return self.loss.dc(logits, torch.where(valid[:, None], target, 0), loss_mask=valid[:, None])
 
     def _batch_on_device(self, batch: dict):
         target = batch['target']
@@ -140,7 +149,8 @@ class MedSAMSteps(nnUNetTrainer):
             mask = (target != self.label_manager.ignore_label).float()
             target = torch.where(target == self.label_manager.ignore_label, torch.zeros_like(target), target)
         tp, fp, fn, _ = get_tp_fp_fn_tn(seg, target, axes=axes, mask=mask)
-        return {'loss': losses["loss"].detach().cpu().numpy(), 'tp_hard': tp.detach().cpu().numpy()[1:],
+        # the validation loss nnU-Net logs, and the plateau schedule and the best checkpoint follow: the Dice loss
+        return {'loss': losses["dice_loss"].cpu().numpy(), 'tp_hard': tp.detach().cpu().numpy()[1:],
                 'fp_hard': fp.detach().cpu().numpy()[1:], 'fn_hard': fn.detach().cpu().numpy()[1:]}
 
 
