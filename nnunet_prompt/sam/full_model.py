@@ -32,7 +32,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
-from nnunet_prompt.sam.checkpoint import (ENCODER_PREFIX, SAM_PRETRAINING_IMAGE_SIZE, SAMCheckpointError,
+from nnunet_prompt.sam.checkpoint import (ENCODER_PREFIX, NameTable, SAM_PRETRAINING_IMAGE_SIZE, SAMCheckpointError,
                                           image_encoder_state_dict, infer_vision_config,
                                           official_image_encoder_state_dict, read_sam_checkpoint, sam_vision_config)
 
@@ -45,50 +45,24 @@ _PE_HF = ("shared_image_embedding.positional_embedding", "prompt_encoder.shared_
 FULL_FILE_HINT = ("zero-shot MedSAM needs the full SAM or MedSAM file, e.g. sam_vit_b_01ec64.pth or "
                   "medsam_vit_b.pth")
 
-# official suffix (after 'prompt_encoder.') -> transformers suffix (after 'prompt_encoder.')
-_PROMPT_TABLE = [
-    (r"^point_embeddings\.(\d+)\.", r"point_embed.\1."),
-    (r"^mask_downscaling\.0\.", "mask_embed.conv1."),
-    (r"^mask_downscaling\.1\.", "mask_embed.layer_norm1."),
-    (r"^mask_downscaling\.3\.", "mask_embed.conv2."),
-    (r"^mask_downscaling\.4\.", "mask_embed.layer_norm2."),
-    (r"^mask_downscaling\.6\.", "mask_embed.conv3."),
-]
-# official suffix (after 'mask_decoder.') -> transformers suffix; the MLP layer indices are handled in _mlp
-_DECODER_TABLE = [
-    (r"^transformer\.layers\.(\d+)\.norm(\d)\.", r"transformer.layers.\1.layer_norm\2."),
-    (r"^transformer\.norm_final_attn\.", "transformer.layer_norm_final_attn."),
-    (r"^output_upscaling\.0\.", "upscale_conv1."),
-    (r"^output_upscaling\.1\.", "upscale_layer_norm."),
-    (r"^output_upscaling\.3\.", "upscale_conv2."),
-]
-
-
-# the inverses, written out (an automatic inversion of regular expressions would be harder to read than these)
-_PROMPT_TABLE_INV = [
-    (r"^point_embed\.(\d+)\.", r"point_embeddings.\1."),
-    (r"^mask_embed\.conv1\.", "mask_downscaling.0."),
-    (r"^mask_embed\.layer_norm1\.", "mask_downscaling.1."),
-    (r"^mask_embed\.conv2\.", "mask_downscaling.3."),
-    (r"^mask_embed\.layer_norm2\.", "mask_downscaling.4."),
-    (r"^mask_embed\.conv3\.", "mask_downscaling.6."),
-]
-_DECODER_TABLE_INV = [
-    (r"^transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"transformer.layers.\1.norm\2."),
-    (r"^transformer\.layer_norm_final_attn\.", "transformer.norm_final_attn."),
-    (r"^upscale_conv1\.", "output_upscaling.0."),
-    (r"^upscale_layer_norm\.", "output_upscaling.1."),
-    (r"^upscale_conv2\.", "output_upscaling.3."),
-]
+# official suffix (after 'prompt_encoder.' / 'mask_decoder.') <-> transformers suffix; the MLP layer indices are
+# handled in _mlp_to_hf / _mlp_to_official
+PROMPT_NAMES = NameTable([
+    ("point_embeddings.{i}.", "point_embed.{i}."),
+    ("mask_downscaling.0.", "mask_embed.conv1."),
+    ("mask_downscaling.1.", "mask_embed.layer_norm1."),
+    ("mask_downscaling.3.", "mask_embed.conv2."),
+    ("mask_downscaling.4.", "mask_embed.layer_norm2."),
+    ("mask_downscaling.6.", "mask_embed.conv3."),
+])
+DECODER_NAMES = NameTable([
+    ("transformer.layers.{i}.norm{j}.", "transformer.layers.{i}.layer_norm{j}."),
+    ("transformer.norm_final_attn.", "transformer.layer_norm_final_attn."),
+    ("output_upscaling.0.", "upscale_conv1."),
+    ("output_upscaling.1.", "upscale_layer_norm."),
+    ("output_upscaling.3.", "upscale_conv2."),
+])
 _MLP = r"((?:output_hypernetworks_mlps\.\d+)|iou_prediction_head)"
-
-
-def _rename(key: str, table) -> str:
-    for pattern, replacement in table:
-        new, n = re.subn(pattern, replacement, key)
-        if n:
-            return new
-    return key
 
 
 def _mlp_depths(official: Dict[str, torch.Tensor]) -> Dict[str, int]:
@@ -132,9 +106,9 @@ def sam_model_state_dict(official: Dict[str, torch.Tensor]) -> Dict[str, torch.T
                 for name in _PE_HF:
                     out[name] = v
             else:
-                out[PROMPT_PREFIX + _rename(suffix, _PROMPT_TABLE)] = v
+                out[PROMPT_PREFIX + PROMPT_NAMES.to_transformers(suffix)] = v
         elif k.startswith(DECODER_PREFIX):
-            suffix = _rename(k[len(DECODER_PREFIX):], _DECODER_TABLE)
+            suffix = DECODER_NAMES.to_transformers(k[len(DECODER_PREFIX):])
             out[DECODER_PREFIX + _mlp_to_hf(suffix, depths)] = v
         elif not k.startswith(ENCODER_PREFIX) and k not in _DROPPED:
             out[k] = v  # unknown: reported by the strict load
@@ -157,10 +131,10 @@ def official_sam_state_dict(model: SamModel) -> Dict[str, torch.Tensor]:
         elif k == _PE_HF[1] or k.startswith("vision_encoder."):
             continue
         elif k.startswith(PROMPT_PREFIX):
-            out[PROMPT_PREFIX + _rename(k[len(PROMPT_PREFIX):], _PROMPT_TABLE_INV)] = v
+            out[PROMPT_PREFIX + PROMPT_NAMES.to_official(k[len(PROMPT_PREFIX):])] = v
         elif k.startswith(DECODER_PREFIX):
             suffix = _mlp_to_official(k[len(DECODER_PREFIX):], depths)
-            out[DECODER_PREFIX + _rename(suffix, _DECODER_TABLE_INV)] = v
+            out[DECODER_PREFIX + DECODER_NAMES.to_official(suffix)] = v
         else:
             raise SAMCheckpointError(f"SamModel weight {k!r} has no official name")
     return out
