@@ -383,3 +383,22 @@ def test_zero_shot_prediction_equals_sam_models_own_forward_on_a_slice(sam2d_dat
     # large, a few 1e-3 in the tile's corners, where the weight is ~1e-7
     assert error[16:48, 16:48].max() < 1e-3 and error.max() < 1e-2
     assert probabilities[0].max() < 1e-3 and probabilities[2].max() < 1e-3
+
+
+def test_zero_shot_trainer_writes_the_files_weights_and_validates(medsam_trained):
+    """`nnUNetv2_train ... -tr MedSAMTrainer_zeroShot`: no epoch, checkpoint_final holds the base file's weights, the
+    fold's prompted validation is written."""
+    from conftest import console_script, run
+    from nnunet_prompt.sam.checkpoint import read_sam_checkpoint
+    from nnunet_prompt.sam.full_model import sam_model_state_dict
+    trainer = "MedSAMTrainer_zeroShot"
+    proc = run([console_script("nnUNetv2_train"), str(DATASET_ID), CONFIG, "0", "-tr", trainer, "-p", PLANS, "-device",
+                "cpu"], medsam_trained["env"])
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    fold = os.path.join(medsam_trained["env"]["nnUNet_results"], medsam_trained["name"], f"{trainer}__{PLANS}__{CONFIG}",
+                        "fold_0")
+    weights = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu",
+                         weights_only=False)["network_weights"]
+    base = sam_model_state_dict(read_sam_checkpoint(medsam_trained["base"]))
+    assert all(torch.equal(weights["sam." + k], v) for k, v in base.items())
+    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
