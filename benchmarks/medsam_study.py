@@ -12,8 +12,8 @@ without and with a per-slice box channel, on the same test cases and the same bo
    ``BoxPromptTrainer_demo`` (3d_fullres), ``MedSAMTrainer_demo`` (full fine-tuning) and
    ``MedSAMTrainer_frozenEncoder_demo`` (2d) from the tiny SAM file;
 4. one boxes file for every prompted arm: ``nnunet-prompt boxes-from-labels --margin-mm-range 0 20`` on labelsTs;
-5. ``nnunet-prompt predict`` for every arm (``--zero-shot --sam-checkpoint`` for the zero-shot one; the plain nnU-Net
-   gets no prompts), then ``nnunet-prompt compare --predictions ...``: DSC, HD95 and the rest per case and label,
+5. ``nnunet-prompt predict`` for every prompted arm (``--zero-shot --sam-checkpoint`` for the zero-shot one),
+   ``nnUNetv2_predict`` for the plain nnU-Net, then ``nnunet-prompt compare --predictions ...``: DSC, HD95 and the rest per case and label,
    paired against nnU-Net without box, with seconds per case / slice / box.
 
     python benchmarks/medsam_study.py --workdir /tmp/medsam_study --epochs 4 --iters 30 [--record benchmarks/RESULTS.md]
@@ -111,6 +111,11 @@ def main(argv=None):
 
     minutes = {}
     for name, trainer, plans, config, _ in ARMS:
+        done = os.path.join(os.environ["nnUNet_results"], os.path.basename(raw), f"{trainer}__{plans}__{config}",
+                            "fold_0", "checkpoint_final.pth")
+        if os.path.isfile(done):  # a rerun of the script in the same --workdir predicts again, without training
+            minutes[name] = float("nan")
+            continue
         minutes[name] = _run([_bin("nnUNetv2_train"), str(DATASET_ID), config, "0", "-tr", trainer, "-p", plans,
                               "-device", "cpu"], env, os.path.join(work, f"train_{name}.log")) / 60
 
@@ -121,7 +126,9 @@ def main(argv=None):
     folders = {}
     for name, trainer, plans, config, prompted in [("medsam_zero_shot", "MedSAMTrainer", PLANS_2D, "2d", True), *ARMS]:
         out = folders[name] = os.path.join(work, "predictions", name)
-        cmd = [_bin("nnunet-prompt"), "predict", "-i", images, "-o", out, "-d", str(DATASET_ID), "-p", plans, "-c",
+        # plain nnU-Net (no prompts, no record) predicts with nnU-Net's own command (its folder has no timing.json)
+        command = ["nnunet-prompt", "predict"] if prompted else ["nnUNetv2_predict"]
+        cmd = [_bin(command[0]), *command[1:], "-i", images, "-o", out, "-d", str(DATASET_ID), "-p", plans, "-c",
                config, "-tr", trainer, "-device", "cpu"]
         if name == "medsam_zero_shot":
             cmd += ["--zero-shot", "--sam-checkpoint", sam_file]
