@@ -162,7 +162,17 @@ def _cmd_predict(a) -> None:
                           f"would be written among the images. Give another output folder.")
     require_output_folder(a.o)
     prompts = load_prompts_file(a.prompts) if a.prompts else {}
-    model_folder = get_output_folder(dataset_name(a.d), a.tr, a.p, a.c)
+    if a.zero_shot:  # a model folder for the file as is (nnunet_prompt.inference.zero_shot), then as any model
+        from nnunet_prompt.inference.zero_shot import ZERO_SHOT_FOLD, build_zero_shot_model
+        if not a.sam_checkpoint:
+            raise PromptError("--zero-shot needs --sam-checkpoint FILE (a MedSAM or official SAM .pth).")
+        model_folder = build_zero_shot_model(a.d, a.p, a.c, a.tr, a.sam_checkpoint, a.pixel_norm)
+        a.f = [ZERO_SHOT_FOLD]
+    elif a.sam_checkpoint or a.pixel_norm != "unit":
+        raise PromptError("--sam-checkpoint and --pixel-norm choose the file of --zero-shot; a trained model "
+                          "rebuilds its network from its plans.json.")
+    else:
+        model_folder = get_output_folder(dataset_name(a.d), a.tr, a.p, a.c)
     device = _device(a.device)
     predictor = PromptPredictor(tile_step_size=a.step_size, use_gaussian=True, use_mirroring=not a.disable_tta,
                                 perform_everything_on_device=True, device=torch.device(device), verbose=False,
@@ -497,6 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "case's text and fields; a prompt's 'text' takes precedence")
     s.add_argument("--allow-missing-prompts", action="store_true",
                    help="predict cases without a prompt entry as background instead of failing")
+    s.add_argument("--zero-shot", action="store_true",
+                   help="zero-shot MedSAM: predict the --sam-checkpoint file as is (no training) with -tr MedSAMTrainer's "
+                        "network on the -p/-c SAM 2D plan; its model folder TRAINER_zeroShot__PLANS__CONFIG/fold_all is "
+                        "built under nnUNet_results (reused when built from the same file)")
+    s.add_argument("--sam-checkpoint", default=None, help="--zero-shot: the MedSAM or official SAM .pth file")
+    s.add_argument("--pixel-norm", default="unit", choices=["unit", "imagenet"],
+                   help="--zero-shot: the file's pixel normalisation: unit ([0, 1], MedSAM files; default) or imagenet "
+                        "(official SAM files)")
     _cross_patch_arguments(s, "each positive click of a prompt")
     s.add_argument("-step_size", type=_step_size, default=0.5,
                    help="sliding-window step as a fraction of the patch size, 0 < step <= 1 (default 0.5)")

@@ -183,7 +183,8 @@ def _timing_summary(timing: Optional[dict], cases: Sequence[str]) -> Optional[di
     if not rows:
         return None
     per_case = np.array([r["seconds"] for r in rows], float)
-    per_slice = np.array([r["seconds"] / max(int(r["slices"]), 1) for r in rows], float)
+    # 2d models record seconds_per_slice (one slice of one prompted label's pass); else the whole pass per slice
+    per_slice = np.array([r.get("seconds_per_slice", r["seconds"] / max(int(r["slices"]), 1)) for r in rows], float)
     out = {"n": len(rows), "seconds_per_case": float(per_case.mean()), "seconds_per_slice": float(per_slice.mean())}
     with_boxes = [r for r in rows if r.get("boxes")]
     if with_boxes:

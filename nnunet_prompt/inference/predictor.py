@@ -427,10 +427,26 @@ class PromptPredictor(nnUNetPredictor):
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
         if self._current_case is not None:
-            boxes = sum(len(p.boxes) for p in self.case_prompts.get(self._current_case, []))
-            self.case_timing[self._current_case] = {"seconds": time.perf_counter() - t0, "slices": int(data.shape[1]),
-                                                    "boxes": boxes}
+            prompts = self.case_prompts.get(self._current_case, [])
+            seconds, slices, labels = time.perf_counter() - t0, int(data.shape[1]), max(len(prompts), 1)
+            entry = {"seconds": seconds, "slices": slices, "boxes": sum(len(p.boxes) for p in prompts),
+                     "labels": labels}
+            if len(self.configuration_manager.patch_size) == 2:  # each prompted label's pass predicts every slice
+                entry.update(boxes=self._slice_box_count(), seconds_per_slice=seconds / (slices * labels))
+            self.case_timing[self._current_case] = entry
         return logits
+
+    def _slice_box_count(self) -> int:
+        """2D boxes of the current case: 8-connected components of its box channels on each slice (a 3D box of
+        the prompts file over n slices is n boxes for a 2d model, as the MedSAM study counts them)."""
+        channels = self._current_case_channels or {}
+        if self.prompt_encoding is None or "box" not in self.prompt_encoding.channels:
+            return 0
+        from scipy.ndimage import label as components
+        in_plane = np.zeros((3, 3, 3), bool)
+        in_plane[1] = True  # within a slice, never across slices
+        box = self.prompt_encoding.channels.index("box")
+        return sum(int(components(ch[box].cpu().numpy() > 0, structure=in_plane)[1]) for ch in channels.values())
 
     def timing_record(self) -> dict:
         """What ``nnunet-prompt predict`` writes as OUTPUT/timing.json (read by ``nnunet-prompt compare``)."""

@@ -38,39 +38,51 @@ SAM_VIT_VARIANTS: Dict[str, dict] = {
 SAM_PRETRAINING_IMAGE_SIZE = 1024
 ENCODER_PREFIX = "image_encoder."
 
-# official segment-anything name -> transformers SamVisionEncoder name (regular expressions on the suffix)
-_OFFICIAL_TO_TRANSFORMERS = [
-    (r"^patch_embed\.proj\.", "patch_embed.projection."),
-    (r"^blocks\.(\d+)\.norm1\.", r"layers.\1.layer_norm1."),
-    (r"^blocks\.(\d+)\.norm2\.", r"layers.\1.layer_norm2."),
-    (r"^blocks\.(\d+)\.", r"layers.\1."),
-    (r"^neck\.0\.", "neck.conv1."),
-    (r"^neck\.1\.", "neck.layer_norm1."),
-    (r"^neck\.2\.", "neck.conv2."),
-    (r"^neck\.3\.", "neck.layer_norm2."),
-]
-_TRANSFORMERS_TO_OFFICIAL = [
-    (r"^patch_embed\.projection\.", "patch_embed.proj."),
-    (r"^layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
-    (r"^layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
-    (r"^layers\.(\d+)\.", r"blocks.\1."),
-    (r"^neck\.conv1\.", "neck.0."),
-    (r"^neck\.layer_norm1\.", "neck.1."),
-    (r"^neck\.conv2\.", "neck.2."),
-    (r"^neck\.layer_norm2\.", "neck.3."),
-]
+class NameTable:
+    """Renaming between official segment-anything weight names and transformers' SAM names, one table for both
+    directions: (official prefix, transformers prefix) pairs, tried in order, where ``{i}`` / ``{j}`` stand for an
+    index. Written out as a table: the mapping of transformers' own conversion script, which is not in the wheel."""
+
+    def __init__(self, pairs):
+        def compile_side(name):
+            return re.compile("^" + re.escape(name).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{j\}", r"(?P<j>\d+)"))
+
+        def template(name):
+            return name.replace("{i}", r"\g<i>").replace("{j}", r"\g<j>")
+
+        self._to_hf = [(compile_side(o), template(h)) for o, h in pairs]
+        self._to_official = [(compile_side(h), template(o)) for o, h in pairs]
+
+    @staticmethod
+    def _rename(key: str, rules) -> str:
+        for pattern, replacement in rules:
+            new, n = pattern.subn(replacement, key, count=1)
+            if n:
+                return new
+        return key
+
+    def to_transformers(self, key: str) -> str:
+        return self._rename(key, self._to_hf)
+
+    def to_official(self, key: str) -> str:
+        return self._rename(key, self._to_official)
+
+
+# official image_encoder.* suffix <-> transformers SamVisionEncoder name
+ENCODER_NAMES = NameTable([
+    ("patch_embed.proj.", "patch_embed.projection."),
+    ("blocks.{i}.norm1.", "layers.{i}.layer_norm1."),
+    ("blocks.{i}.norm2.", "layers.{i}.layer_norm2."),
+    ("blocks.{i}.", "layers.{i}."),
+    ("neck.0.", "neck.conv1."),
+    ("neck.1.", "neck.layer_norm1."),
+    ("neck.2.", "neck.conv2."),
+    ("neck.3.", "neck.layer_norm2."),
+])
 
 
 class SAMCheckpointError(ValueError):
     pass
-
-
-def _rename(key: str, table) -> str:
-    for pattern, replacement in table:
-        new, n = re.subn(pattern, replacement, key)
-        if n:
-            return new
-    return key
 
 
 def sam_vision_config(variant: str, image_size: int = SAM_PRETRAINING_IMAGE_SIZE, **overrides) -> SamVisionConfig:
@@ -106,13 +118,13 @@ def read_sam_checkpoint(path: str) -> Dict[str, torch.Tensor]:
 
 def image_encoder_state_dict(official: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The 'image_encoder.*' part of an official state dict, renamed to transformers' SamVisionEncoder."""
-    return {_rename(k[len(ENCODER_PREFIX):], _OFFICIAL_TO_TRANSFORMERS): v
+    return {ENCODER_NAMES.to_transformers(k[len(ENCODER_PREFIX):]): v
             for k, v in official.items() if k.startswith(ENCODER_PREFIX)}
 
 
 def official_image_encoder_state_dict(encoder: SamVisionEncoder) -> Dict[str, torch.Tensor]:
     """The inverse: a transformers encoder's weights under the official 'image_encoder.*' names."""
-    return {ENCODER_PREFIX + _rename(k, _TRANSFORMERS_TO_OFFICIAL): v.detach().clone()
+    return {ENCODER_PREFIX + ENCODER_NAMES.to_official(k): v.detach().clone()
             for k, v in encoder.state_dict().items()}
 
 

@@ -170,6 +170,10 @@ class RecordedTrainerMixin:
         # nnU-Net 2.8.1's load_checkpoint reads the file again: it handles a path, not the dict (no `else` branch)
         super().load_checkpoint(path if path is not None else filename_or_checkpoint)
         self.restore_random_state(checkpoint)
+        self.restore_extra_state(checkpoint)
+
+    def restore_extra_state(self, checkpoint: dict) -> None:
+        """Trainer state beyond nnU-Net's that a subclass adds to ``nnunet_checkpoint()`` (e.g. a scheduler's)."""
 
     def _readable_checkpoint(self, path: str) -> Tuple[str, dict]:
         """(path, checkpoint) of ``path``, or under ``--c`` of the first other checkpoint of its fold that loads."""

@@ -153,15 +153,8 @@ class SAMLoRATrainerBase(SAMTrainerMixin, nnUNetTrainer):
         return cls._build_sam(plans_manager, configuration_manager, num_input_channels, num_output_channels, 0)
 
 
-class SAMPromptTrainerBase(SAMTrainerMixin, PromptTrainerBase):
-    @classmethod
-    def build_prompt_network(cls, plans_manager, configuration_manager, num_image_channels: int,
-                             num_prompt_channels: int, options: dict,
-                             enable_deep_supervision: bool = True) -> torch.nn.Module:
-        return cls._build_sam(plans_manager, configuration_manager, num_image_channels, NUM_OUTPUTS,
-                              num_prompt_channels)
-
-    # --------------------------------------------- the simulated user on 2D patches
+class SliceWisePromptsMixin:
+    """The simulated user on 2D patches (SAM trainers, MedSAMTrainer): mix in front of PromptTrainerBase."""
 
     def simulate_prompts(self, data: torch.Tensor, target: torch.Tensor, rounds: int) -> torch.Tensor:
         if data.ndim == 4:  # a 2D patch is a volume one slice thick for the (3D) simulator: boxes per slice
@@ -172,6 +165,15 @@ class SAMPromptTrainerBase(SAMTrainerMixin, PromptTrainerBase):
         if x.ndim == 5 and x.shape[2] == 1:
             return super()._forward_prediction(x[:, :, 0])[:, None]
         return super()._forward_prediction(x)
+
+
+class SAMPromptTrainerBase(SAMTrainerMixin, SliceWisePromptsMixin, PromptTrainerBase):
+    @classmethod
+    def build_prompt_network(cls, plans_manager, configuration_manager, num_image_channels: int,
+                             num_prompt_channels: int, options: dict,
+                             enable_deep_supervision: bool = True) -> torch.nn.Module:
+        return cls._build_sam(plans_manager, configuration_manager, num_image_channels, NUM_OUTPUTS,
+                              num_prompt_channels)
 
 
 class SAMDemoSchedule(DemoSchedule):
