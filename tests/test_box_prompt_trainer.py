@@ -153,6 +153,28 @@ def test_predict_with_boxes_from_labels_and_refuse_clicks(box_trained, tmp_path)
     assert "boxes-from-labels" in proc.stdout and "Traceback" not in proc.stdout
     assert not (tmp_path / "refused").exists() or not os.listdir(tmp_path / "refused")
 
+    with_text = json.load(open(prompts))
+    with_text[case][0]["text"] = "Left-sided tumour, cT2N0M0."
+    bad = tmp_path / "with_text.json"
+    bad.write_text(json.dumps(with_text))
+    proc = run(base + ["-o", str(tmp_path / "refused_text"), "--prompts", str(bad)], env)
+    assert proc.returncode == 2
+    assert f"Case '{case}'" in proc.stdout and "with_text.json" in proc.stdout and "gives text" in proc.stdout
+    assert "TextPromptTrainer" in proc.stdout and "Traceback" not in proc.stdout
+    assert not (tmp_path / "refused_text").exists() or not os.listdir(tmp_path / "refused_text")
+
+
+def test_session_refuses_clicks_and_takes_boxes(box_trained):
+    """The interactive session refuses what the box-only network would not read, as `nnunet-prompt predict` does."""
+    from nnunet_prompt.inference.session import InteractiveSession
+    s = InteractiveSession(box_trained["folder"], fold=0, device="cpu")
+    s.set_image(os.path.join(box_trained["raw"], "imagesTs", _cases(box_trained["raw"])[0] + "_0000.nii.gz"))
+    with pytest.raises(ValueError, match=r"gives positive_points.*boxes only.*add_box"):
+        s.add_point((10, 10, 5))
+    with pytest.raises(ValueError, match="gives negative_points"):
+        s.add_scribble(np.ones((1, 2, 2), np.uint8), positive=False, offset=(5, 10, 10))
+    assert s.add_box((5, 5, 2), (20, 20, 8)).shape == s.image_shape
+
 
 def test_every_trainable_parameter_gets_a_gradient(planned_dataset, monkeypatch):
     """DDP without find_unused_parameters (as test_ddp_gradients for the other prompt trainers)."""
