@@ -27,18 +27,19 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from nnunet_prompt.evaluation.evaluate_folder import _json_safe  # NaN as null: JSON has no NaN
-from nnunet_prompt.evaluation.metrics import EMPTY_MASK_POLICY, overlap_counts
+from nnunet_prompt.evaluation.metrics import overlap_counts
 from nnunet_prompt.io_utils import atomic_path, atomic_write_json
 from nnunet_prompt.prompts.model import PromptError
 
 SIDE_REFERENCE = ("patient's left = world +x (ITK LPS) of each voxel centre (origin, spacing, direction), left of the "
                   "image centre's world x; side_moved = |left share own - left share perturbed|")
+DICE_DEFINITION = "2|A and B| / (|A| + |B|) from voxel counts; both masks empty: NaN (null), left out of means"
 PER_LABEL = ("volume_own_ml", "volume_perturbed_ml", "volume_change_ml", "left_share_own", "left_share_perturbed",
              "side_moved", "dice_own_vs_perturbed", "dice_own_vs_reference", "dice_perturbed_vs_reference")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; NaN when both are empty (``EMPTY_MASK_POLICY``)."""
+    """Dice of two boolean masks; NaN when both are empty (as ``metrics.EMPTY_MASK_POLICY``)."""
     tp, fp, fn = overlap_counts(np.asarray(a, bool), np.asarray(b, bool))
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
 
@@ -206,7 +207,7 @@ def text_analysis(predictor, model_folder: str, images: str, entries: Dict[str, 
               "clinical_text": source, "labels": labels_folder,
               "perturbation": {"spec": perturbation.spec, "what": perturbation.description},
               "predictions": folders, "side": SIDE_REFERENCE,
-              "dice": "Dice from voxel counts; " + EMPTY_MASK_POLICY.split(";")[0] + " (NaN, left out of means)",
+              "dice": DICE_DEFINITION,
               "overall": summarise(per_case, list(next(iter(per_case.values()))["labels"])), "cases": per_case}
     atomic_write_json(_json_safe(report), os.path.join(output_folder, "text_analysis.json"))
     write_csv(per_case, os.path.join(output_folder, "text_analysis.csv"))
