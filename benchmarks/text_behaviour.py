@@ -9,10 +9,12 @@ the tumour's side is label 2). The image alone cannot tell either.
 Steps: nnU-Net plans (NarrowUNetPlanner) and preprocesses; `nnUNetv2_train` trains nnUNetTrainer_demo
 and TextPromptTrainer_demo (same plans, fold, schedule); the held-out cases are predicted by the
 baseline, and by the text model three times: with the case's own text, with left/right swapped, and
-with N0/N1 swapped. Reported:
+with N0/N1 swapped (the perturbations of `nnunet-prompt text-analysis`, which reports the same comparison per
+case for any text model and test set). Reported:
   * held-out Dice (tumour, node, mean) of both against the references;
-  * swap share: among cases where both predictions hold a tumour, the share whose tumour centroid moves
-    to the other side of the image centre when left/right is swapped;
+  * swap share: among cases where both predictions hold a tumour, the share whose tumour (most of its voxels,
+    on the patient's side of the image centre: ``nnunet_prompt.evaluation.text_analysis``) moves to the other
+    side when left/right is swapped;
   * nodal effect: for N0 cases, the share where the N1 text adds node voxels (label 2) on the tumour's
     side, and the mean node volume with N0 vs N1 text (and the reverse for N1 cases).
 Writes <workdir>/text_behaviour.json and appends a markdown section to --out.
@@ -33,27 +35,11 @@ DATASET_ID, NAME, CONFIG, PLANS, FOLD = 994, "TextHN", "3d_fullres", "nnUNetPlan
 BASELINE, TEXT = "nnUNetTrainer_demo", "TextPromptTrainer_demo"
 
 
-def swap_side(text: str) -> str:
-    return text.replace("Left", "\0").replace("Right", "Left").replace("\0", "Right")
-
-
-def swap_n(text: str) -> str:
-    return text.replace("N0", "\0").replace("N1", "N0").replace("\0", "N1")
-
-
 def side_of(mask: np.ndarray, img) -> str | None:
-    """'left' or 'right' of the image centre (LPS: patient left is +x) for the centroid of a (z, y, x) mask."""
-    if not mask.any():
-        return None
-    cz, cy, cx = np.argwhere(mask).mean(0)
-    x = img.TransformContinuousIndexToPhysicalPoint((float(cx), float(cy), float(cz)))[0]
-    centre = img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()])[0]
-    return "left" if x > centre else "right"
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else float("nan")
+    """The patient's side (of the image centre) that holds most of a (z, y, x) mask: 'left', 'right' or None."""
+    from nnunet_prompt.evaluation.text_analysis import left_share
+    share = left_share(mask, img)
+    return None if np.isnan(share) else "left" if share > 0.5 else "right"
 
 
 def main(argv=None):
@@ -104,28 +90,30 @@ def main(argv=None):
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunet_prompt.clinical_text import read_sidecar
+    from nnunet_prompt.evaluation.text_analysis import dice, predict_entries
     from nnunet_prompt.inference.predictor import PromptPredictor
-    from nnunet_prompt.prompts.model import parse_prompts
+    from nnunet_prompt.text.perturbation import swap_laterality, swap_n_stage
     texts = read_sidecar(raw)
     images = os.path.join(raw, "imagesTs")
     cases = sorted(f[:-len("_0000.nii.gz")] for f in os.listdir(images))
     dev = torch.device(a.device)
     preds = {}
 
-    def predict(trainer, tag, prompts=None):
+    def predict(trainer, tag, entries=None):
         out = os.path.join(work, "predictions", f"{trainer}_{tag}")
-        cls = PromptPredictor if prompts is not None else nnUNetPredictor
+        cls = PromptPredictor if entries is not None else nnUNetPredictor
         pr = cls(tile_step_size=0.5, use_mirroring=True, device=dev, allow_tqdm=False, verbose=False)
         pr.initialize_from_trained_model_folder(os.path.join(results, f"{trainer}__{PLANS}__{CONFIG}"), (FOLD,))
-        if prompts is not None:
-            pr.set_prompts(parse_prompts(prompts, tag), tag)
-        pr.predict_from_files(images, out, save_probabilities=False, overwrite=True, num_processes_preprocessing=1,
-                              num_processes_segmentation_export=1)
+        if entries is not None:  # as `nnunet-prompt text-analysis` predicts
+            predict_entries(pr, images, entries, tag, out)
+        else:
+            pr.predict_from_files(images, out, save_probabilities=False, overwrite=True, num_processes_preprocessing=1,
+                                  num_processes_segmentation_export=1)
         preds[(trainer, tag)] = {c: sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, c + ".nii.gz")))
                                  for c in cases}
 
     predict(BASELINE, "image_only")
-    for tag, change in (("own_text", lambda t: t), ("side_swapped", swap_side), ("n_swapped", swap_n)):
+    for tag, change in (("own_text", lambda t: t), ("side_swapped", swap_laterality), ("n_swapped", swap_n_stage)):
         predict(TEXT, tag, {c: {"text": change(texts[c]["text"])} for c in cases})
 
     refs = {c: sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(raw, "labelsTs", c + ".nii.gz"))) for c in cases}

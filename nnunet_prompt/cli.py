@@ -148,36 +148,55 @@ def _cmd_plan(a) -> None:
         preprocess_dataset(did, plans_identifier, tuple(a.c), [a.np] * len(a.c))
 
 
-def _cmd_predict(a) -> None:
-    import torch
-    from nnunet_prompt.inference.predictor import PromptPredictor
-    from nnunet_prompt.io_utils import remove_new_outputs_on_failure, require_output_folder
-    from nnunet_prompt.nnunet_env import dataset_name, ensure_trainer_path_registered, require_folders
-    from nnunet_prompt.prompts.model import PromptError, load_prompts_file
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
+def _check_folders(a) -> None:
+    """nnUNet_results is set, and -o is a writable folder other than -i, before anything is loaded."""
+    from nnunet_prompt.io_utils import require_output_folder
+    from nnunet_prompt.nnunet_env import ensure_trainer_path_registered, require_folders
+    from nnunet_prompt.prompts.model import PromptError
     require_folders("nnUNet_results")
     ensure_trainer_path_registered()
     if os.path.isdir(a.i) and os.path.isdir(a.o) and os.path.samefile(a.i, a.o):
         raise PromptError(f"-o '{a.o}' and -i '{a.i}' are the same folder: the segmentations and nnU-Net's JSON files "
                           f"would be written among the images. Give another output folder.")
     require_output_folder(a.o)
-    prompts = load_prompts_file(a.prompts) if a.prompts else {}
-    if a.zero_shot:  # a model folder for the file as is (nnunet_prompt.inference.zero_shot), then as any model
+
+
+def _model_folder(a) -> str:
+    """The model folder of -d/-tr/-p/-c; predict --zero-shot: the one built (or reused) for the SAM file."""
+    from nnunet_prompt.nnunet_env import dataset_name
+    from nnunet_prompt.prompts.model import PromptError
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    if getattr(a, "zero_shot", False):  # a model folder for the file as is (inference.zero_shot), then as any model
         from nnunet_prompt.inference.zero_shot import ZERO_SHOT_FOLD, build_zero_shot_model
         if not a.sam_checkpoint:
             raise PromptError("--zero-shot needs --sam-checkpoint FILE (a MedSAM or official SAM .pth).")
-        model_folder = build_zero_shot_model(a.d, a.p, a.c, a.tr, a.sam_checkpoint, a.pixel_norm)
         a.f = [ZERO_SHOT_FOLD]
-    elif a.sam_checkpoint or a.pixel_norm != "unit":
+        return build_zero_shot_model(a.d, a.p, a.c, a.tr, a.sam_checkpoint, a.pixel_norm)
+    if getattr(a, "sam_checkpoint", None) or getattr(a, "pixel_norm", "unit") != "unit":
         raise PromptError("--sam-checkpoint and --pixel-norm choose the file of --zero-shot; a trained model "
                           "rebuilds its network from its plans.json.")
-    else:
-        model_folder = get_output_folder(dataset_name(a.d), a.tr, a.p, a.c)
+    return get_output_folder(dataset_name(a.d), a.tr, a.p, a.c)
+
+
+def _prompt_predictor(a):
+    """The PromptPredictor of -d/-tr/-p/-c, folds -f, checkpoint -chk, as `predict` runs it: (predictor, model folder)."""
+    import torch
+    from nnunet_prompt.inference.predictor import PromptPredictor
+    model_folder = _model_folder(a)
     device = _device(a.device)
     predictor = PromptPredictor(tile_step_size=a.step_size, use_gaussian=True, use_mirroring=not a.disable_tta,
                                 perform_everything_on_device=True, device=torch.device(device), verbose=False,
                                 allow_tqdm=True)
     predictor.initialize_from_trained_model_folder(model_folder, a.f, a.chk)
+    return predictor, model_folder
+
+
+def _cmd_predict(a) -> None:
+    from nnunet_prompt.io_utils import remove_new_outputs_on_failure
+    from nnunet_prompt.prompts.model import PromptError, load_prompts_file
+    _check_folders(a)
+    prompts = load_prompts_file(a.prompts) if a.prompts else {}
+    predictor, model_folder = _prompt_predictor(a)
     if a.cross_patch:
         predictor.enable_cross_patch(model_folder, a.cross_patch_threshold, a.max_patches)
     if predictor.clinical_context is None and not a.prompts:
@@ -212,6 +231,31 @@ def _write_timing(predictor, output_folder: str) -> None:
         except ValueError:
             pass  # an unreadable earlier record is replaced
     atomic_write_json(record, path)
+
+
+def _cmd_text_analysis(a) -> None:
+    from nnunet_prompt.clinical_text import read_sidecar_file
+    from nnunet_prompt.evaluation.text_analysis import text_analysis
+    from nnunet_prompt.io_utils import InputFileError, remove_new_outputs_on_failure
+    from nnunet_prompt.text.perturbation import parse_perturbation
+    perturbation = parse_perturbation(a.perturb)  # the cheap checks first: nothing loaded for a typo
+    entries = read_sidecar_file(a.clinical_text)
+    if not os.path.isdir(a.l):
+        raise InputFileError(f"Reference label folder '{a.l}' (-l) does not exist.")
+    _check_folders(a)
+    predictor, model_folder = _prompt_predictor(a)
+    with remove_new_outputs_on_failure(a.o):
+        report = text_analysis(predictor, model_folder, a.i, entries, a.clinical_text, a.l, perturbation, a.o,
+                               a.npp, a.nps)
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    o = report["overall"]
+    print(f"{o['cases']} cases, input changed by the perturbation in {o['cases_with_changed_input']}")
+    print(f"{'label':<14}{'Dice own/pert':>14}{'vol change ml':>15}{'side moved':>12}{'Dice ref own':>14}"
+          f"{'Dice ref pert':>15}")
+    for name, m in o["labels"].items():
+        print(f"{name:<14}{fmt(m['dice_own_vs_perturbed']):>14}{fmt(m['volume_change_ml']):>15}"
+              f"{fmt(m['side_moved']):>12}{fmt(m['dice_own_vs_reference']):>14}{fmt(m['dice_perturbed_vs_reference']):>15}")
+    print(f"written: {a.o}/text_analysis.json, .csv, .png; predictions in {a.o}/predictions")
 
 
 def _cmd_evaluate(a) -> None:
@@ -356,6 +400,27 @@ def _cross_patch_arguments(s, what: str) -> None:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _model_arguments(s, trainer: str) -> None:
+    """The trained model, as nnUNetv2_predict names it (``_prompt_predictor`` loads it)."""
+    s.add_argument("-d", required=True, help="dataset id or name")
+    s.add_argument("-c", default="3d_fullres")
+    s.add_argument("-f", nargs="+", type=_fold, default=[0], help="folds (or 'all'); default 0")
+    s.add_argument("-tr", default=trainer)
+    s.add_argument("-p", default="nnUNetPlans")
+    s.add_argument("-chk", default="checkpoint_final.pth")
+
+
+def _prediction_arguments(s) -> None:
+    """nnUNetv2_predict's options of the prediction itself."""
+    s.add_argument("-step_size", type=_step_size, default=0.5,
+                   help="sliding-window step as a fraction of the patch size, 0 < step <= 1 (default 0.5)")
+    s.add_argument("--disable_tta", action="store_true")
+    s.add_argument("-npp", type=int, default=1)
+    s.add_argument("-nps", type=int, default=1)
+    s.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu"],
+                   help="auto (default): cuda if torch sees a GPU, else cpu")
+
+
 def _cmd_serve(a) -> None:
     if a.host not in LOOPBACK and not a.api_key:
         raise SystemExit(f"nnunet-prompt serve: refusing to listen on {a.host} without an API key: anyone who reaches "
@@ -494,12 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="predict with prompts (a prompts.json, see docs/reference/prompts.md)")
     s.add_argument("-i", required=True, help="input folder of images (nnU-Net naming, CASE_0000.nii.gz)")
     s.add_argument("-o", required=True, help="output folder")
-    s.add_argument("-d", required=True, help="dataset id or name")
-    s.add_argument("-c", default="3d_fullres")
-    s.add_argument("-f", nargs="+", type=_fold, default=[0], help="folds (or 'all'); default 0")
-    s.add_argument("-tr", default="PromptTrainer")
-    s.add_argument("-p", default="nnUNetPlans")
-    s.add_argument("-chk", default="checkpoint_final.pth")
+    _model_arguments(s, "PromptTrainer")
     s.add_argument("--prompts", default=None, help="JSON file: case id -> prompt(s) (see docs/reference/prompts.md); a prompt's "
                    "'text' is the clinical text of text-conditioned models")
     s.add_argument("--clinical-text", default=None,
@@ -516,16 +576,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--zero-shot: the file's pixel normalisation: unit ([0, 1], MedSAM files; default) or imagenet "
                         "(official SAM files)")
     _cross_patch_arguments(s, "each positive click of a prompt")
-    s.add_argument("-step_size", type=_step_size, default=0.5,
-                   help="sliding-window step as a fraction of the patch size, 0 < step <= 1 (default 0.5)")
-    s.add_argument("--disable_tta", action="store_true")
     s.add_argument("--save_probabilities", action="store_true")
     s.add_argument("--continue_prediction", action="store_true")
-    s.add_argument("-npp", type=int, default=1)
-    s.add_argument("-nps", type=int, default=1)
-    s.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu"],
-                   help="auto (default): cuda if torch sees a GPU, else cpu")
+    _prediction_arguments(s)
     s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("text-analysis", help="LLMSeg's text perturbation analysis: predict each case with its own "
+                       "and with perturbed clinical text, and compare",
+                       description="Predict every case of -i twice with a text-conditioned model (TextPromptTrainer), "
+                       "with its own clinical entry and with the entry perturbed, and report per case and label: volume "
+                       "change (ml), the share of the prediction that moved to the patient's other side (left/right "
+                       "of the image centre along the patient's left-right axis, from the image geometry), Dice "
+                       "between the two predictions and Dice of each against the reference label. Writes "
+                       "OUTPUT/text_analysis.json, .csv, .png and both predictions (OUTPUT/predictions/own, /perturbed).",
+                       epilog="Perturbations: laterality (left <-> right, whole words, case kept); n-stage (N0 -> N1, "
+                       "N1/N2/N3 -> N0, NX kept); drop-field:NAME (remove a structured field, e.g. drop-field:N); "
+                       "FILE.json (your replacements, {\"old\": \"new\", ...}, whole words, all at once). "
+                       "See docs/reference/cli.md#text-analysis.")
+    s.add_argument("-i", required=True, help="input folder of images (nnU-Net naming, CASE_0000.nii.gz)")
+    s.add_argument("-o", required=True, help="output folder")
+    s.add_argument("-l", required=True, help="folder of the cases' reference labels CASE.nii.gz (e.g. labelsTs)")
+    s.add_argument("--clinical-text", required=True,
+                   help="clinical-text sidecar (clinical_text.json format) with every case's own text and fields")
+    s.add_argument("--perturb", required=True, metavar="PERTURBATION",
+                   help="laterality | n-stage | drop-field:NAME | FILE.json (see below)")
+    _model_arguments(s, "TextPromptTrainer")
+    _prediction_arguments(s)
+    s.set_defaults(func=_cmd_text_analysis)
 
     s = sub.add_parser("convert", help="convert clinical (DICOM RT) or public datasets into an nnU-Net raw dataset",
                        description="Convert SOURCE into $nnUNet_raw/DatasetNNN_NAME, ready for nnUNetv2_plan_and_preprocess.",

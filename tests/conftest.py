@@ -9,6 +9,7 @@ DATASET_ID = 991
 CONFIG = "3d_fullres"
 PLANS = "nnUNetPlansNarrow"
 TRAINER = "PromptTrainer_demo"
+TEXT_TRAINER = "TextPromptTrainer_demo"
 
 
 def nnunet_env(root) -> dict:
@@ -110,6 +111,24 @@ def train_demo_trainer(planned_dataset: dict, trainer: str, iterations: int) -> 
     folder = os.path.join(env["nnUNet_results"], planned_dataset["name"], f"{trainer}__{PLANS}__{CONFIG}")
     # planned_dataset first: its "env" must not replace this one
     return {**planned_dataset, "folder": folder, "env": env, "log": proc.stdout, "cmd": cmd}
+
+
+@pytest.fixture(scope="session")
+def text_trained(text_dataset, tiny_bert):
+    """TextPromptTrainer_demo trained on Dataset996 for 1 epoch of 2 iterations with the tiny BERT as its language
+    model (``NNUNET_PROMPT_TEXT_MODEL`` at training; prediction reads the stored choice)."""
+    proc, cmd, env = train_text_trainer(text_dataset, TEXT_TRAINER, {"NNUNET_PROMPT_TEXT_MODEL": tiny_bert})
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    folder = os.path.join(env["nnUNet_results"], text_dataset["name"], f"{TEXT_TRAINER}__{PLANS}__{CONFIG}")
+    return dict(text_dataset, folder=folder, cmd=cmd, train_env=env, tiny_bert=tiny_bert)
+
+
+def train_text_trainer(ds, trainer, env_extra, extra_args=()):
+    """`nnUNetv2_train` of a text trainer for 1 epoch of 2 iterations: (process, command, env)."""
+    env = dict(ds["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="2", **env_extra)
+    cmd = [console_script("nnUNetv2_train"), str(ds["id"]), CONFIG, "0", "-tr", trainer, "-p", PLANS, "-device", "cpu",
+           *extra_args]
+    return run(cmd, env), cmd, env
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,7 @@ def test_boxes_from_labels_reproduce_the_per_slice_components(planned_dataset, t
         assert np.concatenate(margins).max() > 0
 
 
-def test_predict_with_boxes_from_labels_and_refuse_clicks(box_trained, tmp_path):
+def test_predict_with_boxes_from_labels_and_refuse_clicks_and_text(box_trained, tmp_path):
     raw, env = box_trained["raw"], box_trained["env"]
     prompts = tmp_path / "boxes.json"
     assert _boxes_from_labels(env, raw, box_trained["id"], prompts).returncode == 0
@@ -142,16 +142,31 @@ def test_predict_with_boxes_from_labels_and_refuse_clicks(box_trained, tmp_path)
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert sorted(f[:-7] for f in os.listdir(out) if f.endswith(".nii.gz")) == _cases(raw)
 
-    with_clicks = json.load(open(prompts))
-    case = sorted(with_clicks)[0]
-    with_clicks[case][0]["positive_points"] = [with_clicks[case][0]["boxes"][0]["min"]]
-    bad = tmp_path / "with_clicks.json"
-    bad.write_text(json.dumps(with_clicks))
-    proc = run(base + ["-o", str(tmp_path / "refused"), "--prompts", str(bad)], env)
-    assert proc.returncode == 2
-    assert f"Case '{case}'" in proc.stdout and "with_clicks.json" in proc.stdout and "positive_points" in proc.stdout
-    assert "boxes-from-labels" in proc.stdout and "Traceback" not in proc.stdout
-    assert not (tmp_path / "refused").exists() or not os.listdir(tmp_path / "refused")
+    case = sorted(json.load(open(prompts)))[0]
+    for name, key, value, expected in (
+            ("with_clicks", "positive_points", lambda p: [p["boxes"][0]["min"]], ["positive_points", "boxes-from-labels"]),
+            ("with_text", "text", lambda p: "Left-sided tumour, cT2N0M0.", ["gives text", "TextPromptTrainer"])):
+        changed = json.load(open(prompts))
+        changed[case][0][key] = value(changed[case][0])
+        bad = tmp_path / f"{name}.json"
+        bad.write_text(json.dumps(changed))
+        proc = run(base + ["-o", str(tmp_path / name), "--prompts", str(bad)], env)
+        assert proc.returncode == 2
+        assert f"Case '{case}'" in proc.stdout and f"{name}.json" in proc.stdout and "Traceback" not in proc.stdout
+        assert all(e in proc.stdout for e in expected), proc.stdout
+        assert not (tmp_path / name).exists() or not os.listdir(tmp_path / name)
+
+
+def test_session_refuses_clicks_and_takes_boxes(box_trained):
+    """The interactive session refuses what the box-only network would not read, as `nnunet-prompt predict` does."""
+    from nnunet_prompt.inference.session import InteractiveSession
+    s = InteractiveSession(box_trained["folder"], fold=0, device="cpu")
+    s.set_image(os.path.join(box_trained["raw"], "imagesTs", _cases(box_trained["raw"])[0] + "_0000.nii.gz"))
+    with pytest.raises(ValueError, match=r"gives positive_points.*boxes only.*add_box"):
+        s.add_point((10, 10, 5))
+    with pytest.raises(ValueError, match="gives negative_points"):
+        s.add_scribble(np.ones((1, 2, 2), np.uint8), positive=False, offset=(5, 10, 10))
+    assert s.add_box((5, 5, 2), (20, 20, 8)).shape == s.image_shape
 
 
 def test_every_trainable_parameter_gets_a_gradient(planned_dataset, monkeypatch):

@@ -8,24 +8,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import CONFIG, PLANS, console_script, run
+from conftest import CONFIG, PLANS, TEXT_TRAINER as TRAINER, console_script, run, train_text_trainer
 
-TRAINER = "TextPromptTrainer_demo"  # text_dataset (Dataset996): conftest.py
-
-
-def _train(ds, trainer, env_extra, extra_args=()):
-    env = dict(ds["env"], NNUNET_PROMPT_DEMO_EPOCHS="1", NNUNET_PROMPT_DEMO_ITERS="2", **env_extra)
-    cmd = [console_script("nnUNetv2_train"), str(ds["id"]), CONFIG, "0", "-tr", trainer, "-p", PLANS, "-device", "cpu",
-           *extra_args]
-    return run(cmd, env), cmd, env
-
-
-@pytest.fixture(scope="session")
-def text_trained(text_dataset, tiny_bert):
-    proc, cmd, env = _train(text_dataset, TRAINER, {"NNUNET_PROMPT_TEXT_MODEL": tiny_bert})
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    folder = os.path.join(env["nnUNet_results"], text_dataset["name"], f"{TRAINER}__{PLANS}__{CONFIG}")
-    return dict(text_dataset, folder=folder, cmd=cmd, train_env=env, tiny_bert=tiny_bert)
+# text_dataset (Dataset996) and text_trained: conftest.py
 
 
 def _checkpoint(folder):
@@ -127,7 +112,7 @@ def test_training_refuses_a_case_without_text(text_dataset, tmp_path):
 
 
 def test_numeric_category_ablation_trains_and_predicts_from_a_sidecar(text_dataset, tmp_path):
-    proc, _, env = _train(text_dataset, "TextPromptTrainer_categories_demo", {})
+    proc, _, env = train_text_trainer(text_dataset, "TextPromptTrainer_categories_demo", {})
     assert proc.returncode == 0, proc.stdout[-5000:]
     folder = os.path.join(env["nnUNet_results"], text_dataset["name"], f"TextPromptTrainer_categories_demo__{PLANS}__{CONFIG}")
     assert json.load(open(os.path.join(folder, "plans.json")))["nnunet_prompt"]["clinical_context"]["kind"] == "categories"

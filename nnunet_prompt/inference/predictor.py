@@ -38,6 +38,7 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, require_cross_patch_head
+from nnunet_prompt.inference.prompt_kinds import kinds_given, kinds_read, refuse_unread
 from nnunet_prompt.model_record import record_from_plans
 from nnunet_prompt.networks.contract import object_label_manager, unwrap, used_prompt_channels
 from nnunet_prompt.prompts.encoding import MASK, POS, PromptEncoding, ball_radius_voxels, draw_balls, encode_preprocessed
@@ -183,14 +184,16 @@ class PromptPredictor(nnUNetPredictor):
         if texts:
             entry["text"] = texts[0]
         key = self.clinical_context.entry_key
-        if key not in entry:
-            if self.allow_missing_prompts:
-                return {"text": "", "fields": {}}
+        if key not in entry and not self.allow_missing_prompts:
             where = " or ".join(f"'{s}'" for s in (self.prompts_source, self.clinical_source) if s) or "the input"
             fix = ("a \"text\" in its prompt" if key == "text" else
                    "an entry with \"fields\" in a clinical-text sidecar (--clinical-text)")
             raise PromptError(f"Case '{case}' has no clinical {key} in {where}; this model (trained with "
                               f"{self.clinical_context.kind} context) needs {fix}, or pass --allow-missing-prompts.")
+        for p in self.case_prompts.get(case, []):
+            self.check_prompt_kinds(p, case)  # points or a box beside the text would be dropped
+        if key not in entry:
+            return {"text": "", "fields": {}}
         return entry
 
     def check_prompts_for_images(self, source_folder: str) -> None:
@@ -240,20 +243,17 @@ class PromptPredictor(nnUNetPredictor):
                   f"with no image in '{source_folder}', not predicted: {listed}", file=sys.stderr)
 
     def check_prompt_kinds(self, prompt, case: str) -> None:
-        """Refuse what the network would ignore (a box-only model given clicks or a mask), instead of dropping it."""
-        if self.prompt_channels_used is None:
-            return
-        used = set(self.prompt_channels_used)
-        given = {"positive_points": ("positive_clicks", bool(prompt.positive_points)),
-                 "negative_points": ("negative_clicks", bool(prompt.negative_points)),
-                 "boxes": ("box", bool(prompt.boxes)), "mask": ("previous_mask", prompt.mask is not None)}
-        ignored = [key for key, (channel, present) in given.items() if present and channel not in used]
-        if ignored:
-            takes = [key for key, (channel, _) in given.items() if channel in used]
-            raise PromptError(f"Case '{case}' in prompts file '{self.prompts_source}' gives {', '.join(ignored)}, which "
-                              f"this model ({self.trainer_name}) does not read: it takes {', '.join(takes)} only. "
-                              f"Remove {', '.join(ignored)} from the case's prompts (e.g. write them with `nnunet-prompt "
-                              f"boxes-from-labels`), or predict with a model trained with them (PromptTrainer).")
+        """Refuse what the network would ignore (text given to a spatial model, points or a box given to a text
+        model, clicks or a mask given to a box-only model), instead of dropping it (``prompt_kinds``)."""
+        key = self.clinical_context.entry_key if self.clinical_context is not None else None
+        if key is None and self.prompt_channels_used is None:
+            return  # not initialised from a model folder: nothing to check against
+        read = kinds_read(self.prompt_channels_used, key)
+        # box-only prompts are what boxes-from-labels writes
+        hint = " (e.g. write them with `nnunet-prompt boxes-from-labels`)" if read == {"boxes"} else ""
+        refuse_unread(kinds_given(prompt), read, key, self.trainer_name,
+                      f"Case '{case}' in prompts file '{self.prompts_source}'",
+                      "Remove {kinds} from the case's prompts" + hint)
 
     def _missing(self, case: str):
         raise PromptError(f"No prompt for case '{case}' in prompts file '{self.prompts_source}'. Add an entry "

@@ -43,6 +43,7 @@ import torch
 
 from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, Propagation, require_cross_patch_head
 from nnunet_prompt.inference.predictor import PromptPredictor
+from nnunet_prompt.inference.prompt_kinds import kinds_read, refuse_unread
 from nnunet_prompt.inference.raw_window import RawBox, RawWindowExport, box_slices
 from nnunet_prompt.networks.contract import object_label_manager, unwrap
 from nnunet_prompt.prompts.encoding import BOX, ball_radius_voxels, encode_preprocessed
@@ -197,15 +198,23 @@ class InteractiveSession:
         self.last_latency_ms = 1000 * (time.perf_counter() - t0)
         return self.mask
 
-    def _require_spatial(self):
+    def _require_spatial(self, kind: Optional[str]):
+        """``kind``: the prompt key the interaction draws (``prompt_kinds``); a model that ignores it refuses it, as
+        prediction does, instead of predicting as if it had not been given."""
         self._require_image()
         if self.takes_text:
             raise ValueError("This model is conditioned on clinical text only: use set_text().")
+        read = kinds_read(self.predictor.prompt_channels_used, None)
+        if kind is not None and kind not in read:
+            takes = {"boxes": "add_box, add_lasso", "positive_points": "add_point, add_scribble",
+                     "negative_points": "add_point(positive=False)", "mask": "add_mask"}
+            refuse_unread([kind], read, None, self.predictor.trainer_name, "This interaction",
+                          f"Use {'; '.join(takes[k] for k in sorted(read))} instead")
 
     def add_point(self, point: Sequence[float], positive: bool = True, coordinates: str = "voxel",
                   run_prediction: bool = True, return_mask: bool = True):
-        self._require_spatial()
         key = "positive_points" if positive else "negative_points"
+        self._require_spatial(key)
         vp = self._to_voxel({key: [list(point)], "coordinates": coordinates})
         p = self._grid.raw_to_preprocessed(vp.positive_points[0] if positive else vp.negative_points[0])
         prompts = self._current_prompts()
@@ -218,7 +227,7 @@ class InteractiveSession:
     def add_box(self, lo: Sequence[float], hi: Sequence[float], coordinates: str = "voxel",
                 run_prediction: bool = True, return_mask: bool = True):
         """An inclusive box (x, y, z) corners; one flat axis makes it a 2D box on that slice."""
-        self._require_spatial()
+        self._require_spatial("boxes")
         vp = self._to_voxel({"boxes": [{"min": list(lo), "max": list(hi)}], "coordinates": coordinates})
         b = self._grid.box_to_preprocessed(vp.boxes[0].min, vp.boxes[0].max)
         prompts = self._current_prompts()
@@ -230,7 +239,7 @@ class InteractiveSession:
                      run_prediction: bool = True, return_mask: bool = True):
         """A scribble: a binary array (z, y, x) on the image grid, or a crop of it placed at ``offset`` (z, y, x).
         It becomes clicks along the stroke (positive or negative), at most one per click radius."""
-        self._require_spatial()
+        self._require_spatial("positive_points" if positive else "negative_points")
         zyx = self._stroke_voxels(scribble, offset, "scribble")
         pre = self._grid.raw_to_preprocessed(zyx[:, ::-1].astype(float))
         # thin the stroke: one click per cell of one click radius (the clicks' balls then cover the stroke)
@@ -250,7 +259,7 @@ class InteractiveSession:
         """A lasso: the filled outline (binary (z, y, x), or a crop at ``offset``) on one slice of the image. It goes
         into the box channel (1 inside the outline): a box is the rectangular case of the same statement, "the
         object lies in here", and it is the channel the models learnt it on."""
-        self._require_spatial()
+        self._require_spatial("boxes")
         zyx = self._stroke_voxels(lasso, offset, "lasso")
         lo_r, hi_r = zyx.min(0), zyx.max(0) + 1  # raw (z, y, x), half-open
         filled = np.zeros(tuple(hi_r - lo_r), bool)
@@ -272,8 +281,9 @@ class InteractiveSession:
 
     def add_mask(self, mask: np.ndarray, run_prediction: bool = True, return_mask: bool = True):
         """A mask prompt (z, y, x) on the image grid, e.g. an automatic contour to correct: it becomes the current
-        result as it is, and (``run_prediction``) the region around its centre is predicted with it."""
-        self._require_spatial()
+        result as it is, and (``run_prediction``) the region around its centre is predicted with it (a model that does
+        not read the previous mask takes it as the result only, without ``run_prediction``)."""
+        self._require_spatial("mask" if run_prediction else None)
         mask = np.asarray(mask)
         if mask.shape != tuple(self._grid.raw_shape_zyx):
             raise ValueError(f"Mask shape {mask.shape} differs from the image's {tuple(self._grid.raw_shape_zyx)} (z, y, x).")
