@@ -477,8 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nsd-tolerance", type=float, default=2.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-set", action="store_true", help="use imagesTs/labelsTs instead of the fold's validation cases")
-    s.add_argument("-i", default=None, help="a folder of images to evaluate on (CASE_0000.nii.gz, ...), with -l")
-    s.add_argument("-l", default=None, help="the labels of -i (CASE.nii.gz); every image needs its label and back")
+    s.add_argument("-i", default=None, metavar="IMAGES", help="a folder of images to evaluate on (CASE_0000.nii.gz, ...), with -l")
+    s.add_argument("-l", default=None, metavar="LABELS", help="the labels of -i (CASE.nii.gz); every image needs its label and back")
     s.add_argument("--label-map", nargs="+", default=None, metavar="VALUE=LABEL",
                    help="-l/--test-set labels that differ from the model's: FOLDER_VALUE=MODEL_LABEL items (a model "
                         "label name or value; 0 or background leaves a structure out), e.g. 3=1 5=tumour 7=0, or one "

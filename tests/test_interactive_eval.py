@@ -10,7 +10,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_prompt.evaluation.interactive_eval import auc, cvpr25_summary, summarise
+from nnunet_prompt.evaluation.evaluate_folder import EvaluationError
+from nnunet_prompt.evaluation.interactive_eval import (CVPR25_STEPS, auc, cvpr25_summary, parse_label_map, summarise,
+                                                       write_outputs)
 from nnunet_prompt.interaction.user_prompts import next_click_mm
 
 
@@ -66,6 +68,30 @@ def test_pooled_is_the_mean_over_targets_and_auc_the_normalised_trapezoid():
     assert c["pooled"]["DSC_AUC"] == pytest.approx(np.mean([np.trapezoid(v) / 5 for v in values.values()]))
     assert c["pooled"]["NSD_final"] == pytest.approx(np.mean([v[-1] / 2 for v in values.values()]))
     assert c["pooled"]["targets"] == 3 and c["tumour"]["targets"] == 2
+
+
+def test_outputs_hold_every_label_and_the_pooled_means(tmp_path):
+    values = {("a", "tumour"): [0.2, 0.4, 0.5, 0.6, 0.7, 0.8], ("a", "node"): [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]}
+    rows = _rows(values)
+    report = {"nsd_tolerance_mm": 2.0, **summarise(rows), "cvpr25": cvpr25_summary(rows)}
+    write_outputs(rows, report, str(tmp_path))
+    md = (tmp_path / "interactive_eval.md").read_text()
+    for target in ("pooled", "tumour", "node"):
+        assert f"| T | cvpr25 | {target} | 6 |" in md and f"| T | cvpr25 | {target} | AUC |" in md
+    assert len(list(csv.DictReader(open(tmp_path / "interactive_eval_summary.csv")))) == 3 * (len(CVPR25_STEPS) + 1)
+    assert (tmp_path / "interactive_eval.png").stat().st_size > 1000
+
+
+def test_label_map_items_and_json_file(tmp_path):
+    dj = {"labels": {"background": 0, "GTVp": 1, "GTVn": 2}}
+    assert parse_label_map(["3=GTVp", "5=2", "7=0", "8=GTVp"], dj) == {3: 1, 5: 2, 7: 0, 8: 1, 0: 0}
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"3": "GTVn", "0": 0}))
+    assert parse_label_map([str(path)], dj) == {3: 2, 0: 0}
+    for items, message in ((["3=GTVp", "3=GTVn"], "twice"), (["x=GTVp"], "not a label value of the folder"),
+                           (["3=GTVx"], "neither a label name nor a label value"), (["3=9"], "neither")):
+        with pytest.raises(EvaluationError, match=message):
+            parse_label_map(items, dj)
 
 
 def _renamed_copy(raw, folder):
