@@ -101,16 +101,14 @@ def parse_label_map(items: Sequence[str], dataset_json: dict) -> Dict[int, int]:
     names = {n: int(v) for n, v in dataset_json["labels"].items() if not isinstance(v, (list, tuple))}
     mapping: Dict[int, int] = {}
     for key, target in pairs:
-        try:
-            value = int(key)
-            assert value >= 0 and str(key).strip() != ""
-        except (ValueError, AssertionError):
+        value = int(key) if str(key).strip().isdigit() else -1
+        if value < 0:
             raise EvaluationError(f"{source}: {key!r} is not a label value of the folder (a whole number >= 0); "
-                                  f"write FOLDER_VALUE=MODEL_LABEL, e.g. 3=1 or 3=tumour.") from None
+                                  f"write FOLDER_VALUE=MODEL_LABEL, e.g. 3=1 or 3=tumour.")
         if value in mapping:
             raise EvaluationError(f"{source} maps the folder's value {value} twice.")
         model = names.get(str(target).strip())
-        if model is None and str(target).strip().lstrip("-").isdigit() and int(target) in names.values():
+        if model is None and str(target).strip().isdigit() and int(target) in names.values():
             model = int(target)
         if model is None:
             raise EvaluationError(f"{source}: {value}={target}: {target!r} is neither a label name nor a label value "
@@ -212,16 +210,17 @@ def interactive_eval(dataset_name: str, configuration: str, fold, trainers: Sequ
     if images is None and not use_test_set:
         cases, dj = held_out_cases(dataset_name, fold)
     else:
-        dj = _model_dataset_json(folders, dataset_name)
+        dj = _model_dataset_json(folders)
         if images is None:
             raw = os.path.join(os.environ["nnUNet_raw"], dataset_name)
             images, labels = os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs")
         cases = labelled_folder_cases(images, labels, dj["file_ending"], len(dj["channel_names"]))
+    targets = foreground_labels(dj)
     mapping = parse_label_map(label_map, dj) if label_map else None
     rw = determine_reader_writer_from_dataset_json(dj, cases[0][2], True, False)()
-    for case, image_files, label_file in cases:  # all checked before the first minute of inference
+    # every case is checked before a model is loaded: a bad file found after an hour of inference costs the hour
+    for case, image_files, label_file in cases:
         read_reference(rw, case, image_files, label_file, dj, mapping)
-    targets = foreground_labels(dj)
     with remove_new_outputs_on_failure(output_folder):
         rows = _evaluate(folders, trainers, fold, device, session_kwargs, cases, rw, dj, mapping, targets,
                          protocol_runs(protocol, starts, clicks), nsd_tolerance_mm, seed)
@@ -238,7 +237,7 @@ def interactive_eval(dataset_name: str, configuration: str, fold, trainers: Sequ
     return report
 
 
-def _model_dataset_json(folders: Sequence[str], dataset_name: str) -> dict:
+def _model_dataset_json(folders: Sequence[str]) -> dict:
     """The models' dataset.json (the labels their outputs mean); all models must share its labels."""
     jsons = []
     for folder in folders:
