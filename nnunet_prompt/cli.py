@@ -278,21 +278,41 @@ def _registered_dataset(dataset) -> str:
 
 def _cmd_interactive_eval(a) -> None:
     from nnunet_prompt.evaluation.interactive_eval import interactive_eval
-    if a.f == "all" and not a.test_set:
-        from nnunet_prompt.io_utils import InputFileError
+    from nnunet_prompt.io_utils import InputFileError, require_output_folder
+    if (a.i is None) != (a.l is None):
+        raise InputFileError("-i and -l go together: the images folder and its labels folder.")
+    if a.i is not None and a.test_set:
+        raise InputFileError("--test-set evaluates the dataset's imagesTs/labelsTs; -i/-l another folder: give one.")
+    if a.label_map and a.i is None and not a.test_set:
+        raise InputFileError("--label-map translates the labels of -i/-l (or --test-set); the fold's validation "
+                             "cases already carry the model's labels.")
+    if a.f == "all" and not a.test_set and a.i is None:
         raise InputFileError("-f all: fold 'all' has no validation cases; give a fold number, or evaluate the 'all' "
-                             "model on imagesTs/labelsTs with --test-set.")
+                             "model on imagesTs/labelsTs with --test-set (or on a folder with -i/-l).")
+    if a.protocol == "cvpr25" and (a.clicks or a.starts):
+        raise InputFileError("--protocol cvpr25 fixes its steps (the target's box, then 5 clicks): leave out "
+                             "--clicks and --starts.")
     name = _registered_dataset(a.d)
+    if a.o is None and a.i is not None:
+        raise InputFileError("-i/-l: give the output folder with -o.")
     out = a.o or os.path.join(os.environ["nnUNet_results"], name, f"interactive_eval_{a.c}_fold{a.f}")
+    require_output_folder(out)
     session_kwargs = ({"cross_patch": True, "cross_patch_threshold": a.cross_patch_threshold,
                        "max_patches": a.max_patches} if a.cross_patch else None)
-    summary = interactive_eval(name, a.c, a.f, a.tr, a.p, sorted(set(a.clicks)), out, _device(a.device), a.nsd_tolerance,
-                               a.seed, a.test_set, a.starts, session_kwargs)
-    for trainer, by_start in summary.items():
+    report = interactive_eval(name, a.c, a.f, a.tr, a.p, sorted(set(a.clicks or [1, 3, 5, 7, 9])), out,
+                              _device(a.device), a.nsd_tolerance, a.seed, a.test_set, a.starts or ["clicks", "box"],
+                              session_kwargs, a.i, a.l, a.label_map, a.protocol)
+    for trainer, by_start in report["mean"].items():
         for start, by_n in by_start.items():
-            print(f"{trainer:<28}{start + ' start':<14}" + "  ".join(f"N={n}: Dice {v['Dice']:.3f} NSD {v['NSD']:.3f}"
-                                                                  for n, v in by_n.items()))
-    print(f"written: {out}/interactive_eval.csv, .json, .png")
+            groups = {"pooled": by_n, **report["per_label"][trainer][start]}
+            for group, values in groups.items():
+                print(f"{trainer:<28}{start:<8}{group:<14}" + "  ".join(
+                    f"N={n}: Dice {v['Dice']:.3f} NSD {v['NSD']:.3f}" for n, v in values.items()))
+    for trainer, by_group in report.get("cvpr25", {}).items():
+        for group, v in by_group.items():
+            print(f"{trainer:<28}cvpr25  {group:<14}DSC AUC {v['DSC_AUC']:.3f}  NSD AUC {v['NSD_AUC']:.3f}  "
+                  f"final DSC {v['DSC_final']:.3f}  final NSD {v['NSD_final']:.3f}")
+    print(f"written: {out}/interactive_eval.csv, _summary.csv, .md, .json, .png")
 
 
 def _cmd_compare(a) -> None:
@@ -512,22 +532,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", default=None, help="output JSON (default PRED_FOLDER/metrics.json); a CSV is written beside it")
     s.set_defaults(func=_cmd_evaluate)
 
-    s = sub.add_parser("interactive-eval", help="N-click protocol through the interactive session (CT-SAM3D)")
-    s.add_argument("-d", required=True, help="dataset id or name")
+    s = sub.add_parser("interactive-eval", help="interactive protocols through the interactive session: CT-SAM3D's "
+                                                "N clicks, or the CVPR 2025 challenge's box + 5 clicks",
+                       description="Dice and NSD after each interaction, per label and pooled over all targets, on "
+                                   "the fold's validation cases, on imagesTs/labelsTs (--test-set), or on any "
+                                   "labelled folder pair (-i/-l, nnU-Net naming, optionally with --label-map).")
+    s.add_argument("-d", required=True, help="dataset id or name (of the model)")
     s.add_argument("-c", default="3d_fullres")
-    s.add_argument("-f", type=_fold, default=0, help="fold: its validation cases are evaluated (with --test-set: "
-                   "the model fold to evaluate, 'all' allowed)")
+    s.add_argument("-f", type=_fold, default=0, help="fold: its validation cases are evaluated (with --test-set or "
+                   "-i/-l: the model fold to evaluate, 'all' allowed)")
     s.add_argument("-tr", nargs="+", default=["PromptTrainer"], help="one or more prompt trainers")
     s.add_argument("-p", default="nnUNetPlans")
-    s.add_argument("--clicks", type=_positive_int, nargs="+", default=[1, 3, 5, 7, 9],
-                   help="report Dice/NSD after these numbers of clicks (each >= 1; default 1 3 5 7 9)")
+    s.add_argument("--protocol", default="nclick", choices=["nclick", "cvpr25"],
+                   help="nclick (default): CT-SAM3D's, first a click or a box (--starts), Dice/NSD after each of "
+                        "--clicks; cvpr25: the CVPR 2025 challenge's, the target's box then 5 clicks, Dice/NSD after "
+                        "each of the 6 steps, their area under the curve (normalised to [0, 1]) and final values")
+    s.add_argument("--clicks", type=_positive_int, nargs="+", default=None,
+                   help="nclick: report Dice/NSD after these numbers of interactions (each >= 1; default 1 3 5 7 9)")
     s.add_argument("--nsd-tolerance", type=float, default=2.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-set", action="store_true", help="use imagesTs/labelsTs instead of the fold's validation cases")
-    s.add_argument("--starts", nargs="+", default=["clicks", "box"], choices=["clicks", "box"],
-                   help="first interaction: a random click in the target, the target's box, or both protocols (default)")
+    s.add_argument("-i", default=None, metavar="IMAGES", help="a folder of images to evaluate on (CASE_0000.nii.gz, ...), with -l")
+    s.add_argument("-l", default=None, metavar="LABELS", help="the labels of -i (CASE.nii.gz); every image needs its label and back")
+    s.add_argument("--label-map", nargs="+", default=None, metavar="VALUE=LABEL",
+                   help="-l/--test-set labels that differ from the model's: FOLDER_VALUE=MODEL_LABEL items (a model "
+                        "label name or value; 0 or background leaves a structure out), e.g. 3=1 5=tumour 7=0, or one "
+                        "JSON file {\"3\": 1, \"5\": \"tumour\"}; every value in the labels must be mapped (0 maps "
+                        "to 0 unless given)")
+    s.add_argument("--starts", nargs="+", default=None, choices=["clicks", "box"],
+                   help="nclick: first interaction: a random click in the target, the target's box, or both "
+                        "protocols (default)")
     _cross_patch_arguments(s, "every positive click")
-    s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/interactive_eval_CONFIG_foldF)")
+    s.add_argument("-o", default=None, help="output folder (default: nnUNet_results/DATASET/interactive_eval_CONFIG_foldF; "
+                   "required with -i/-l)")
     s.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu"],
                    help="auto (default): cuda if torch sees a GPU, else cpu")
     s.set_defaults(func=_cmd_interactive_eval)

@@ -453,6 +453,54 @@ def test_interactive_eval_refuses_a_missing_model(setup, tmp_path, capsys):
     assert not out.exists()
 
 
+def _test_folder_copy(setup, folder, relabel=None, shift_origin=False):
+    """imagesTs/labelsTs copied into ``folder``: label values changed by ``relabel`` {old: new}, or the labels'
+    origin moved by 10 mm (``shift_origin``)."""
+    images, labels = folder / "images", folder / "labels"
+    shutil.copytree(setup["images"], images)
+    shutil.copytree(os.path.join(setup["raw"], "labelsTs"), labels)
+    for f in os.listdir(labels):
+        img = sitk.ReadImage(str(labels / f))
+        a = sitk.GetArrayFromImage(img)
+        for old, new in (relabel or {}).items():
+            a = np.where(a == old, new, a).astype(a.dtype)
+        out = sitk.GetImageFromArray(a)
+        out.CopyInformation(img)
+        if shift_origin:
+            out.SetOrigin([o + 10.0 for o in img.GetOrigin()])
+        sitk.WriteImage(out, str(labels / f))
+    return images, labels
+
+
+def test_interactive_eval_refuses_bad_labelled_folders(setup, tmp_path, capsys):
+    """-i/-l: an unpaired label or image, an unmapped label value, a mapping to an unknown label and a label off its
+    image's grid are refused before any model runs, naming the case and the file, and leave no output."""
+    out = tmp_path / "ie"
+    cmd = ["interactive-eval", "-d", str(setup["id"]), "-tr", TRAINER, "-p", PLANS, "-device", "cpu", "-o", str(out)]
+    first, second = setup["cases"][:2]
+    images, labels = _test_folder_copy(setup, tmp_path / "renamed", relabel={1: 3})
+    os.remove(images / f"{second}_0000.nii.gz")
+    refused(capsys, cmd + ["-i", str(images), "-l", str(labels), "--label-map", "3=1"],
+            f"Case '{second}'", f"{second}.nii.gz", "has no image")
+    shutil.copy(os.path.join(setup["images"], f"{second}_0000.nii.gz"), images)
+    os.remove(labels / f"{first}.nii.gz")
+    refused(capsys, cmd + ["-i", str(images), "-l", str(labels), "--label-map", "3=1"],
+            f"Case '{first}'", f"{first}_0000.nii.gz", "has no label file")
+    shutil.copy(os.path.join(setup["raw"], "labelsTs", f"{first}.nii.gz"), labels)  # value 1, not 3
+    refused(capsys, cmd + ["-i", str(images), "-l", str(labels), "--label-map", "3=1"],
+            f"Case '{first}'", f"{first}.nii.gz", "label value(s) [1]", "--label-map")
+    refused(capsys, cmd + ["-i", str(images), "-l", str(labels), "--label-map", "3=nosuch", "1=1"],
+            "'nosuch' is neither a label name nor a label value")
+    refused(capsys, cmd + ["-i", str(images), "-l", str(labels)], f"{second}.nii.gz", "label value(s) [3]",
+            "dataset.json")
+    images, labels = _test_folder_copy(setup, tmp_path / "shifted", shift_origin=True)
+    refused(capsys, cmd + ["-i", str(images), "-l", str(labels)], f"Case '{first}'", f"{first}.nii.gz",
+            f"{first}_0000.nii.gz", "does not lie on the grid", "origin")
+    refused(capsys, cmd + ["-i", str(images)], "-i and -l go together")
+    refused(capsys, cmd + ["--protocol", "cvpr25", "--clicks", "3"], "cvpr25", "--clicks")
+    assert not out.exists()
+
+
 def test_compare_names_an_empty_validation_folder(setup, tmp_path, capsys):
     with model_copy(setup, "nnUNetTrainer", CONFIG) as base:
         for f in os.listdir(os.path.join(base, "fold_0", "validation")):

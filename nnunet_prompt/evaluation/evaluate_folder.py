@@ -35,8 +35,10 @@ def _label_values(dataset_json: dict) -> set:
     return values
 
 
-def _read_label_map(rw, path: str, case: str, label_values: set):
-    """Read a reference or prediction and check that it is a whole label map of the dataset's labels."""
+def _read_label_map(rw, path: str, case: str, label_values: set, defined_by: str = "dataset.json",
+                    hint: str = "Is it from another dataset?"):
+    """Read a reference or prediction and check that it is a whole label map of ``label_values`` (the dataset's
+    labels, or the values a label mapping names: ``defined_by`` says which, ``hint`` what to do)."""
     from nnunet_prompt.image_files import ImageFileError, check_image_file
     try:
         check_image_file(path)
@@ -51,14 +53,14 @@ def _read_label_map(rw, path: str, case: str, label_values: set):
                               f"not its .npz probabilities), or threshold the map first.")
     unknown = sorted(set(np.unique(seg).astype(int).tolist()) - label_values)
     if unknown:
-        raise EvaluationError(f"Case '{case}': '{path}' holds label value(s) {unknown[:10]} that dataset.json does not "
-                              f"define (its labels: {sorted(label_values)}). Is it from another dataset?")
+        raise EvaluationError(f"Case '{case}': '{path}' holds label value(s) {unknown[:10]} that {defined_by} does not "
+                              f"define (its labels: {sorted(label_values)}). {hint}")
     return seg, props
 
 
-def _check_same_grid(case: str, pred_path: str, shape, props: dict, pshape, pprops: dict) -> None:
-    """The prediction must lie where the reference lies: same shape, spacing, origin and direction (metrics in mm
-    of two images that do not overlap in space mean nothing)."""
+def grid_problems(shape, props: dict, pshape, pprops: dict) -> List[str]:
+    """How a second image's grid (``pshape``, ``pprops``: nnU-Net reader properties) differs from the first's: shape,
+    spacing, origin (beyond 5 % of a voxel) and direction; empty if they lie on one grid."""
     problems = []
     if tuple(shape) != tuple(pshape):
         problems.append(f"shape {tuple(pshape[1:])} vs {tuple(shape[1:])}")
@@ -71,6 +73,13 @@ def _check_same_grid(case: str, pred_path: str, shape, props: dict, pshape, ppro
             problems.append(f"origin {list(b['origin'])} vs {list(a['origin'])} (mm)")
         if not np.allclose(a["direction"], b["direction"], atol=1e-4):
             problems.append(f"direction {list(b['direction'])} vs {list(a['direction'])}")
+    return problems
+
+
+def _check_same_grid(case: str, pred_path: str, shape, props: dict, pshape, pprops: dict) -> None:
+    """The prediction must lie where the reference lies: same shape, spacing, origin and direction (metrics in mm
+    of two images that do not overlap in space mean nothing)."""
+    problems = grid_problems(shape, props, pshape, pprops)
     if problems:
         raise EvaluationError(f"Case '{case}': prediction '{pred_path}' does not match the reference's grid: "
                               f"{'; '.join(problems)}. Predict on the reference's image, or resample the prediction "

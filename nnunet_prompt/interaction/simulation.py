@@ -2,7 +2,8 @@
 
 Everything here is batched torch on whatever device the target lives on (GPU in training), so a
 simulated user never forces a round trip to the CPU. Used by PromptTrainer during training and
-by its final validation; the N-click evaluation protocol uses the same refinement rule.
+by its final validation. The evaluation protocols (``interactive-eval``) use the same refinement rule with the
+distance in millimetres instead (``nnunet_prompt.interaction.user_prompts.next_click_mm``, scipy on the CPU).
 
 * Initial prompt (round 1, the MedSAM study and CT-SAM3D): per sample one of {clicks only, box only, box + clicks},
   drawn at random. Clicks are random voxels of the target; the box is the target's bounding box,

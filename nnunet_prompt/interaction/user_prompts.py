@@ -26,3 +26,35 @@ def prompt_from_label(label_path: str, label: int = 1, margin_vox: int = 1) -> d
         return [round(v, 3) for v in img.TransformContinuousIndexToPhysicalPoint([float(i) for i in idx])]
 
     return {"coordinates": "mm", "positive_points": [world(click)], "boxes": [{"min": world(lo), "max": world(hi)}]}
+
+
+def next_click_mm(prediction: np.ndarray, target: np.ndarray, spacing_zyx, rng: np.random.Generator):
+    """Where a user corrects ``prediction`` (z, y, x bool) towards ``target`` next: the point of the largest
+    26-connected error region (missed target voxels give a positive click, false positives a negative one; a tie in
+    size goes to the miss) farthest from the region's border, by the Euclidean distance in millimetres
+    (``spacing_zyx``), the image border counting as border. Ties between equally deep voxels are broken by ``rng``.
+    Returns ((z, y, x), positive) or None when there is no error.
+
+    The evaluation protocols' rule. Training's ``InteractionSimulator.next_clicks`` applies the same rule with a
+    chessboard distance in voxels, batched in torch on the GPU; on anisotropic CT that depth favours regions that
+    are thick in slices rather than in millimetres, so evaluation measures it here in mm (scipy, on the CPU)."""
+    from scipy.ndimage import distance_transform_edt, find_objects, label
+    best = None
+    for errors, positive in ((target & ~prediction, True), (prediction & ~target, False)):
+        components, n = label(errors, structure=np.ones((3, 3, 3), bool))
+        if n == 0:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        k = int(np.argmax(sizes))
+        if best is None or sizes[k] > best[0]:
+            best = (int(sizes[k]), components, k + 1, positive)
+    if best is None:
+        return None
+    _, components, value, positive = best
+    box = find_objects(components)[value - 1]
+    # the region's bounding box, padded by one background voxel so the image border is a border too
+    region = np.pad(components[box] == value, 1)
+    depth = distance_transform_edt(region, sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    deepest = np.argwhere(depth >= depth.max() * (1 - 1e-9))
+    z, y, x = deepest[rng.integers(len(deepest))] + [s.start for s in box]
+    return (int(z), int(y), int(x)), positive
