@@ -23,7 +23,7 @@ TEXT = "text"
 
 # who to predict with instead: the trainers that read the kind
 TAKEN_BY = {"positive_points": "PromptTrainer or PSAPTrainer", "negative_points": "PromptTrainer or PSAPTrainer",
-            "boxes": "PromptTrainer or BoxPromptTrainer", "mask": "PromptTrainer or PSAPTrainer",
+            "boxes": "PromptTrainer, BoxPromptTrainer or MedSAMTrainer", "mask": "PromptTrainer or PSAPTrainer",
             TEXT: "TextPromptTrainer"}
 
 
