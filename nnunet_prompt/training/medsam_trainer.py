@@ -21,7 +21,6 @@ prompted validation, ``nnunet-prompt predict`` and the session. ``MedSAMTrainerB
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -33,15 +32,14 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_prompt.interaction.simulation import SimulationPolicy
 from nnunet_prompt.model_record import record_from_plans
-from nnunet_prompt.networks.contract import unwrap
 from nnunet_prompt.sam.checkpoint import SAMCheckpointError
 from nnunet_prompt.sam import medsam_record
+from nnunet_prompt.sam.medsam_network import FINETUNE_MODES
 from nnunet_prompt.training.plateau_schedule import ValidationLossPlateau, adamw_plateau
 from nnunet_prompt.training.prompt_trainer import PromptTrainerBase
 from nnunet_prompt.training.sam_trainer import SliceWisePromptsMixin, check_sam_patch
 from nnunet_prompt.training.schedules import DemoSchedule
 
-FINETUNE_MODES = ("full", "frozen_encoder", "lora")
 
 
 # ------------------------------------------------------------------------------------------------ IoU loss
