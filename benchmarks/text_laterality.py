@@ -9,8 +9,9 @@ Plans: ``NarrowSmallPatchPlanner``, whose patch is at most 40 % of the image alo
 window covers the neck with several patches, as on a CT.
 
 Trained with `nnUNetv2_train` on the same plans and fold, demo schedule: nnUNetTrainer_demo (image only),
-TextPromptTrainer_demo (position channels: where a patch lies in the whole image) and, with ``--ablation``,
-TextPromptTrainer_patchPosition_demo (position in the patch only, the layout before). Each held-out case is
+TextPromptTrainer_demo (position channels: where a patch lies in the whole image; context read from the
+text's tokens too) and, with ``--ablation``, TextPromptTrainer_patchPosition_demo (position in the patch only, the
+layout before) and TextPromptTrainer_noReadout_demo (context from LLMSeg's [SEG] outputs only). Each held-out case is
 predicted with its own text and with left/right swapped (`nnunet-prompt text-analysis`'s prediction).
 Reported per model: held-out tumour Dice; the share of cases whose predicted tumour lies mainly on the side
 the text names; the swap share for each direction (own text left -> swapped right, and right -> left).
@@ -29,7 +30,8 @@ import time
 import numpy as np
 
 CONFIG, FOLD = "3d_fullres", 0
-BASELINE, TEXT, ABLATION = "nnUNetTrainer_demo", "TextPromptTrainer_demo", "TextPromptTrainer_patchPosition_demo"
+BASELINE, TEXT = "nnUNetTrainer_demo", "TextPromptTrainer_demo"
+ABLATIONS = ("TextPromptTrainer_patchPosition_demo", "TextPromptTrainer_noReadout_demo")
 
 
 def main(argv=None):
@@ -43,7 +45,7 @@ def main(argv=None):
     p.add_argument("--planner", default="NarrowSmallPatchPlanner", choices=("NarrowSmallPatchPlanner", "NarrowUNetPlanner"))
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--epochs", type=int, default=10, help="epochs of 60 iterations (demo schedule)")
-    p.add_argument("--ablation", action="store_true", help=f"also train {ABLATION}")
+    p.add_argument("--ablation", action="store_true", help=f"also train {', '.join(ABLATIONS)}")
     p.add_argument("--out", default=None, help="append the markdown result to this file")
     a = p.parse_args(argv)
 
@@ -79,7 +81,7 @@ def main(argv=None):
         patch = json.load(f)["configurations"][CONFIG]["patch_size"]
 
     results = os.path.join(os.environ["nnUNet_results"], os.path.basename(raw))
-    text_models = [TEXT] + ([ABLATION] if a.ablation else [])
+    text_models = [TEXT] + (list(ABLATIONS) if a.ablation else [])
     minutes = {}
     for trainer in [BASELINE] + text_models:
         final = os.path.join(results, f"{trainer}__{plans}__{CONFIG}", f"fold_{FOLD}", "checkpoint_final.pth")

@@ -69,6 +69,27 @@ def test_groups_are_independent_and_padding_does_not_leak(tiny_bert):
     assert not torch.allclose(changed[:, 1], batch[:, 1])
 
 
+def test_token_readout_reads_the_texts_own_tokens_and_ignores_padding(tiny_bert):
+    torch.manual_seed(0)
+    enc = TextPromptTuning(TextModelSpec.from_source(tiny_bert), num_groups=2, vectors_per_group=3, text_readout=2)
+    enc.calibrate(TEXTS + ["Left.", "Right."])
+    enc.eval()
+    with torch.no_grad():
+        batch = enc(TEXTS)
+        assert batch.shape == (2, 2 + 2, 32)                    # N [SEG] outputs, then the read-out ones
+        assert torch.allclose(batch[0], enc(TEXTS[:1])[0], atol=1e-5)  # the longer partner's padding is masked
+        # one word of the text ("Left" -> "Right") changes the read-out
+        one_word = enc(["Right-sided tumour, cT2N1M0.", TEXTS[1]])
+        assert not torch.allclose(one_word[0, 2:], batch[0, 2:])
+    enc.train()
+    enc(TEXTS).square().sum().backward()
+    assert enc.readout.queries.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in enc.readout.attention.parameters())
+    legacy = ClinicalContextConfig.from_dict({"kind": "language_model", "num_groups": 4, "vectors_per_group": 8,
+                                              "category_dim": 128, "text_model": None})
+    assert legacy.text_readout == 0 and ClinicalContextConfig().text_readout == 2
+
+
 def test_standardization_turns_case_to_case_variation_into_the_signal():
     enc = TextPromptTuning(TextModelSpec.from_source(DEFAULT_MODEL), num_groups=2, vectors_per_group=2)
     texts = [f"{s}-sided tumour, cT{t}N{n}M0." for s in ("Left", "Right") for t in (1, 2) for n in (0, 1)]

@@ -46,6 +46,11 @@ class TextPromptTrainer_1group(TextPromptTrainer):
     clinical_context = ClinicalContextConfig(num_groups=1)
 
 
+class TextPromptTrainer_noReadout(TextPromptTrainer):
+    """Ablation: context from the [SEG] outputs only, as LLMSeg (no read-out of the text's own tokens)."""
+    clinical_context = ClinicalContextConfig(text_readout=0)
+
+
 class TextPromptTrainer_patchPosition(TextPromptTrainer):
     """Ablation: the fusion's image tokens know their position in the patch only, not in the whole image (the layout
     before position channels; nnunet_prompt.text.image_position says why that fails on CT-sized images)."""
@@ -65,4 +70,8 @@ class TextPromptTrainer_categories_demo(DemoSchedule, TextPromptTrainer_categori
 
 
 class TextPromptTrainer_1group_demo(DemoSchedule, TextPromptTrainer_1group):
+    pass
+
+
+class TextPromptTrainer_noReadout_demo(DemoSchedule, TextPromptTrainer_noReadout):
     pass

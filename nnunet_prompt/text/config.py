@@ -28,6 +28,7 @@ class ClinicalContextConfig:
     category_dim: int = 128       # context size of the numeric-category ablation
     text_model: Optional[TextModelSpec] = None
     position: str = "image"
+    text_readout: int = 2         # context embeddings read from the text's own tokens (prompt_tuning says why)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -56,7 +57,7 @@ class ClinicalContextConfig:
             from nnunet_prompt.text.category_encoding import CategoryEncoding
             return CategoryEncoding(self.category_dim)
         from nnunet_prompt.text.prompt_tuning import TextPromptTuning
-        return TextPromptTuning(self.text_model, self.num_groups, self.vectors_per_group)
+        return TextPromptTuning(self.text_model, self.num_groups, self.vectors_per_group, self.text_readout)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +66,7 @@ class ClinicalContextConfig:
     def from_dict(cls, d: dict) -> "ClinicalContextConfig":
         d = dict(d)
         d.setdefault("position", "patch")  # recorded before position channels existed
+        d.setdefault("text_readout", 0)  # recorded before the token read-out existed
         spec = d.pop("text_model", None)
         return cls(**d, text_model=TextModelSpec(**spec) if spec else None)
 

@@ -88,14 +88,15 @@ class TextConditionedUNet(ComposedUNet):
 
     def forward(self, x: torch.Tensor):
         ctx = self.context(x.shape[0])
+        reads_position = self.position_slice.stop > self.position_slice.start
+        if reads_position and x.shape[1] < self.position_slice.stop:
+            raise RuntimeError(f"This text model reads {self.position_slice.stop - self.position_slice.start} position "
+                               f"channels after the image channels, but got {x.shape[1]} channels in all: predict it "
+                               "with nnunet-prompt (predict, session), which adds them.")
         skips = self.unet.encoder(x)
-        if self.position_slice.stop == self.position_slice.start:
-            skips = [fuse(s, ctx) for fuse, s in zip(self.fusions, skips)]
-        else:
-            if x.shape[1] < self.position_slice.stop:
-                raise RuntimeError(f"This text model reads {self.position_slice.stop - self.position_slice.start} "
-                                   f"position channels after the image channels, but got {x.shape[1]} channels in "
-                                   "all: predict it with nnunet-prompt (predict, session), which adds them.")
+        if reads_position:
             position = x[:, self.position_slice]
             skips = [fuse(s, ctx, self.pool(position, s.shape[2:])) for fuse, s in zip(self.fusions, skips)]
+        else:
+            skips = [fuse(s, ctx) for fuse, s in zip(self.fusions, skips)]
         return self.unet.decoder(skips)

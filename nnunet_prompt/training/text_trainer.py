@@ -74,8 +74,8 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
         super().check_resumed_record(record)
         stored = ClinicalContextConfig.from_dict(record.clinical_context)
         mine = self.clinical_context
-        if (stored.kind, stored.num_groups, stored.vectors_per_group, stored.position) != (
-                mine.kind, mine.num_groups, mine.vectors_per_group, mine.position):
+        if (stored.kind, stored.num_groups, stored.vectors_per_group, stored.position, stored.text_readout) != (
+                mine.kind, mine.num_groups, mine.vectors_per_group, mine.position, mine.text_readout):
             raise ModelRecordError(f"{type(self).__name__} cannot resume a model trained with clinical context {stored}.")
 
     @property
