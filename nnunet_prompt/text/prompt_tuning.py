@@ -26,8 +26,8 @@ effect learnable in a few hundred steps here (tests/test_text_behaviour.py).
 ``text_readout`` > 0 adds that many context embeddings read from the language model's outputs at the text's own
 tokens (``TextTokenReadout``), after the N [SEG] outputs. Not in LLMSeg either; why: when clinicians word their
 notes differently, the side is a single word among many that vary, and MiniLM's sentence-level outputs ([CLS],
-[SEG] at initialisation, the mean over tokens) barely carry it: over ten wordings, the side explains 1-4 % of their
-variance and a linear read-out of it is right in 56-66 % of held-out notes (98-100 % with one wording). The outputs
+[SEG] at initialisation, the mean over tokens) barely carry it: over ten wordings, the side explains 1-2 % of their
+variance and a linear read-out of it is right in 54-62 % of held-out notes (100 % with one wording). The outputs
 at the words "left" and "right" differ in every wording, and a learned attention over the tokens reaches them
 directly, where the [SEG] route has to learn it through the frozen model with deliberately slow prompt vectors.
 """
