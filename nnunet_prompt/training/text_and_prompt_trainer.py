@@ -61,6 +61,7 @@ class TextAndPromptTrainerBase(TextPromptTrainerBase, PromptTrainerBase):
                              f"{self.mode_probabilities}")
         self._mode = BOTH
         self._text_first = False
+        self._mode_counts = {m: 0 for m in (*MODES, "text first")}
 
     # ------------------------------------------------------------------ network
     @classmethod
@@ -118,6 +119,8 @@ class TextAndPromptTrainerBase(TextPromptTrainerBase, PromptTrainerBase):
     # -------------------------------------------------------------- nnU-Net hooks
     def train_step(self, batch: dict) -> dict:
         self._mode = self.draw_mode()
+        self._mode_counts[self._mode] += 1
+        self._mode_counts["text first"] += self._text_first
         with self.conditioned_on_batch(batch):
             return PromptTrainerBase.train_step(self, batch)
 
@@ -125,6 +128,11 @@ class TextAndPromptTrainerBase(TextPromptTrainerBase, PromptTrainerBase):
         self._mode, self._text_first = self.validation_mode, False
         with self.conditioned_on_batch(batch):
             return PromptTrainerBase.validation_step(self, batch)
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        self.print_to_log_file("batches given " + ", ".join(f"{m}: {n}" for m, n in self._mode_counts.items()))
+        self._mode_counts = dict.fromkeys(self._mode_counts, 0)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         """Every validation case with its text and a simulated prompt per label (``validation_prompt_type``)."""
