@@ -107,11 +107,12 @@ def main(argv=None):
     with open(os.path.join(work, "text_and_prompts.json"), "w") as f:
         json.dump(summary, f, indent=2)
 
+    iters = os.environ.get("NNUNET_PROMPT_DEMO_ITERS", "60")
     device = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     lines = [f"### One model for text and clicks (TextAndPromptTrainer), {datetime.date.today().isoformat()}, {device}",
              "", f"`python benchmarks/text_and_prompts.py --workdir {a.workdir} --epochs {a.epochs}`: {a.num_training} "
              f"training / {a.num_test} held-out phantoms (48x48x24, two look-alike lesions, the text's side says which is "
-             f"the tumour), plans `{PLANS}`, fold {FOLD}, demo schedule ({a.epochs} x 60 iterations, AdamW), text model "
+             f"the tumour), plans `{PLANS}`, fold {FOLD}, demo schedule ({a.epochs} x {iters} iterations, AdamW), text model "
              f"MiniLM-L6; the click is the tumour's most interior voxel",
              "", "| model | given at prediction | held-out tumour Dice |", "|---|---|---|"]
     lines += [f"| {r['trainer']} | {r['given']} | {r['mean_dice']:.3f} |" for r in summary["arms"]]

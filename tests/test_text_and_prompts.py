@@ -3,6 +3,7 @@ with the tiny BERT, `nnunet-prompt predict` with text and points per case, the s
 the prompt kinds it accepts and the server's text extension."""
 import json
 import os
+import re
 
 import httpx
 import numpy as np
@@ -49,6 +50,10 @@ def test_the_record_holds_text_and_prompts_and_validation_used_both(combined):
     first_conv = next(v for k, v in ckpt["network_weights"].items() if k.startswith("unet.encoder") and v.ndim == 5)
     assert first_conv.shape[1] == 1 + len(record["prompt_encoding"]["channels"])
     assert ckpt["inference_allowed_mirroring_axes"] is None  # laterality is in the text
+    # the log counts what the epoch's batches were given
+    line = next(ln for ln in combined["log"].splitlines() if "batches given" in ln)
+    counts = {k: int(v) for k, v in re.findall(r"(text first|text|prompts|both): (\d+)", line)}
+    assert sum(counts[m] for m in ("text", "prompts", "both")) == 6 and counts["text first"] <= counts["both"]
     val = os.path.join(combined["folder"], "fold_0", "validation")
     used = json.load(open(os.path.join(val, "simulated_prompts.json")))
     sidecar = json.load(open(os.path.join(combined["raw"], "clinical_text.json")))["cases"]
@@ -98,8 +103,10 @@ def test_predict_with_text_and_a_point_per_case(combined, tmp_path):
     proc, probs = predict("both", base)
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert probs[case].shape[0] == 3
-    # the other case's text-only prompt asked for every label: neither label map is the 'unprompted' constant
-    assert all(probs[other][c].std() > 0 for c in (1, 2))
+    # the other case's text-only prompt without a label asked for every label; the first case's prompt for the
+    # tumour only (an unprompted label's logit is UNPROMPTED_LOGIT, -100: probability ~0 everywhere)
+    assert all(probs[other][c].max() > 1e-3 for c in (1, 2))
+    assert probs[case][1].max() > 1e-3 and probs[case][2].max() < 1e-6
     proc, probs_swapped = predict("swapped", dict(base, **{case: dict(base[case], text=swapped)}))
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert not np.allclose(probs[case], probs_swapped[case]), "the text does not reach the output"
@@ -109,6 +116,29 @@ def test_predict_with_text_and_a_point_per_case(combined, tmp_path):
     # two texts for one case: refused, naming the case and the file
     proc, _ = predict("two_texts", {case: [dict(base[case]), {"label": "node", "text": "Right-sided tumour."}]})
     assert proc.returncode == 2 and f"Case '{case}' has 2 prompts with 'text'" in proc.stdout
+
+
+def test_which_labels_a_case_asks_for():
+    """Text alone without a label: every label not otherwise prompted; with a label: that one; the text is the
+    case's, once."""
+    from types import SimpleNamespace
+    from nnunet_prompt.inference.text_and_prompts import case_entry, per_label_prompts
+    from nnunet_prompt.prompts.model import PromptError, parse_prompts
+    from nnunet_prompt.text.config import ClinicalContextConfig
+    prompts = parse_prompts({"a": [{"text": "Left."}, {"label": "node", "positive_points": [[1, 2, 3]]}],
+                             "b": {"label": "tumour", "text": "Right."},
+                             "c": [{"text": "Left."}, {"label": 1, "text": "Right."}]})
+    pr = SimpleNamespace(case_prompts=prompts, dataset_json={"labels": {"background": 0, "tumour": 1, "node": 2}},
+                         clinical_entries={"d": {"text": "Left-sided."}}, prompts_source="p.json",
+                         clinical_context=ClinicalContextConfig())
+    a = per_label_prompts(pr, "a")
+    assert [(p.label, bool(p.positive_points), p.text) for p in a] == [("node", True, None), ("tumour", False, None)]
+    assert case_entry(pr, "a")["text"] == "Left."
+    assert [p.label for p in per_label_prompts(pr, "b")] == ["tumour"] and case_entry(pr, "b")["text"] == "Right."
+    assert [p.label for p in per_label_prompts(pr, "d")] == ["tumour", "node"]  # sidecar only: every label
+    assert case_entry(pr, "d")["text"] == "Left-sided." and per_label_prompts(pr, "e") is None
+    with pytest.raises(PromptError, match=r"Case 'c' has 2 prompts with 'text' in 'p.json'"):
+        case_entry(pr, "c")
 
 
 def test_prompt_kinds_accept_text_and_spatial_prompts(combined):
