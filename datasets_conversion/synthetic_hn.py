@@ -38,9 +38,34 @@ def _ellipsoid(shape_zyx, center_zyx_mm, radii_mm, spacing_zyx):
     return d <= 1.0
 
 
+WORDINGS = ("fixed", "varied")
+# "varied": clinical notes as different clinicians write them; the side and the stage sit at different places
+# among words that say nothing about the target (subsite, HPV status, treatment intent, smoking)
+VARIED_NOTES = (
+    "{Side}-sided tumour, c{T}{N}M0.",
+    "SCC of the {side} tonsil, stage c{T}{N}M0.",
+    "Squamous cell carcinoma of the {side} base of tongue, c{T} {N} M0, p16 positive.",
+    "{Side} oropharyngeal carcinoma; clinical stage {T}{N}M0; for definitive chemoradiotherapy.",
+    "Biopsy-proven carcinoma arising in the {side} tonsillar fossa. Staging: c{T}{N}M0. Current smoker.",
+    "c{T}{N}M0 squamous cell carcinoma, {side} oropharynx, HPV negative.",
+    "{age}-year-old with a {T} {N} M0 primary of the {side} tonsil, no distant metastases.",
+    "Primary: {side} tonsil. TNM: c{T} {N} M0. Plan: radical radiotherapy with concurrent cisplatin.",
+    "Oropharyngeal SCC ({side} side), stage c{T}{N}M0, ex-smoker, good performance status.",
+    "Known {side} tonsillar squamous cell carcinoma, c{T}{N}M0, referred for curative treatment.",
+)
+
+
+def clinical_note(rng: np.random.Generator, side: str, t_stage: str, n_stage: str, wording: str = "fixed") -> str:
+    if wording not in WORDINGS:
+        raise ValueError(f"wording must be one of {WORDINGS}, got {wording!r}")
+    template = VARIED_NOTES[int(rng.integers(len(VARIED_NOTES)))] if wording == "varied" else VARIED_NOTES[0]
+    return template.format(side=side, Side=side.capitalize(), T=t_stage, N=n_stage, age=int(rng.integers(45, 80)))
+
+
 def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0, 2.0, 3.0),
               origin=(-64.0, -80.0, 200.0), num_lesions: int = 2,
-              label_lookalikes: bool = False, nodal_involvement: float = 0.0) -> Tuple[sitk.Image, sitk.Image, dict]:
+              label_lookalikes: bool = False, nodal_involvement: float = 0.0,
+              wording: str = "fixed") -> Tuple[sitk.Image, sitk.Image, dict]:
     shape = tuple(shape_xyz[::-1])  # numpy order z, y, x
     sp = tuple(spacing_xyz[::-1])
     ext = np.asarray(shape) * np.asarray(sp)  # mm, z y x
@@ -91,7 +116,7 @@ def make_case(rng: np.random.Generator, shape_xyz=(64, 64, 32), spacing_xyz=(2.0
         n_stage = "N1"
         seg[nodes[side]] = NODE_LABEL
     fields = {"laterality": side, "T": t_stage, "N": n_stage, "M": "M0"}
-    text = f"{side.capitalize()}-sided tumour, c{t_stage}{n_stage}M0."
+    text = clinical_note(rng, side, t_stage, n_stage, wording)
 
     def to_sitk(a):
         im = sitk.GetImageFromArray(a)
@@ -106,7 +131,7 @@ def generate_synthetic_hn_dataset(raw_root: str, dataset_id: int = 990, name: st
                                   num_training: int = 20, num_test: int = 8, seed: int = 0,
                                   shape_xyz: Sequence[int] = (64, 64, 32), spacing_xyz=(2.0, 2.0, 3.0),
                                   num_lesions: int = 2, overwrite: bool = False, label_lookalikes: bool = False,
-                                  nodal_involvement: float = 0.0) -> str:
+                                  nodal_involvement: float = 0.0, wording: str = "fixed") -> str:
     """Write DatasetXXX_NAME into ``raw_root`` and return its path. The folder appears complete or not at all.
 
     ``label_lookalikes`` gives a two-label variant (1 = tumour, 2 = the look-alike lesion(s)) for
@@ -114,7 +139,13 @@ def generate_synthetic_hn_dataset(raw_root: str, dataset_id: int = 990, name: st
 
     ``nodal_involvement`` > 0 gives the text-decides variant: every case shows a lymph node on each side,
     a share ``nodal_involvement`` of cases is N1, and then the node on the tumour's side is label 2
-    ("node"). Only the text (laterality, N stage) tells which lesion and whether a node is a target."""
+    ("node"). Only the text (laterality, N stage) tells which lesion and whether a node is a target.
+
+    ``wording``: "fixed" writes every clinical note as "Left-sided tumour, cT2N0M0."; "varied" draws it from
+    ``VARIED_NOTES`` (ten clinicians' ways of writing side and stage among unrelated words).
+
+    A wide ``shape_xyz`` (e.g. (96, 48, 24)) with ``NarrowSmallPatchPlanner`` gives patches of less than half the
+    body's width, as on a CT, so that a sliding window, not one patch, covers the neck."""
     if label_lookalikes and nodal_involvement > 0:
         raise ValueError("label_lookalikes and nodal_involvement both use label 2; choose one.")
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
@@ -131,7 +162,8 @@ def generate_synthetic_hn_dataset(raw_root: str, dataset_id: int = 990, name: st
         for i in range(num_training + num_test):
             rng = np.random.default_rng([seed, i])
             img, seg, text = make_case(rng, tuple(shape_xyz), tuple(spacing_xyz), num_lesions=num_lesions,
-                                       label_lookalikes=label_lookalikes, nodal_involvement=nodal_involvement)
+                                       label_lookalikes=label_lookalikes, nodal_involvement=nodal_involvement,
+                                       wording=wording)
             split = "Tr" if i < num_training else "Ts"
             case = f"hn_{i:03d}"
             sitk.WriteImage(img, os.path.join(tmp, f"images{split}", f"{case}_0000.nii.gz"))
@@ -158,10 +190,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nodal-involvement", type=float, default=0.0,
                    help="share of N1 cases; > 0 adds a lymph node per side and labels the involved one (label 2)")
+    p.add_argument("--wording", default="fixed", choices=WORDINGS,
+                   help="clinical notes all alike (fixed) or in ten clinicians' wordings (varied)")
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 32), metavar=("X", "Y", "Z"),
+                   help="image size in voxels; a wide X (e.g. 96 48 24) with NarrowSmallPatchPlanner gives patches "
+                        "narrower than half the body")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     print(generate_synthetic_hn_dataset(a.raw_root, a.dataset_id, a.name, a.num_training, a.num_test, a.seed,
-                                        overwrite=a.overwrite, nodal_involvement=a.nodal_involvement))
+                                        shape_xyz=tuple(a.shape), overwrite=a.overwrite,
+                                        nodal_involvement=a.nodal_involvement, wording=a.wording))
 
 
 if __name__ == "__main__":

@@ -30,3 +30,35 @@ class NarrowUNetPlanner(SharedPreprocessingPlanner):
         kwargs = plan['architecture']['arch_kwargs']
         kwargs['features_per_stage'] = [max(1, int(f) // self.width_divisor) for f in kwargs['features_per_stage']]
         return plan
+
+
+class NarrowSmallPatchPlanner(NarrowUNetPlanner):
+    """Narrow plans whose patch is at most ``patch_fraction`` of the median image along every axis.
+
+    On the small phantoms nnU-Net's patch is the whole image; on a CT it is a fraction of the body, and a sliding
+    window covers the body with many patches. This planner reproduces that on a phantom (e.g. the wide synthetic
+    head-and-neck volumes, ``generate_synthetic_hn_dataset(shape_xyz=(96, 48, 24))``), for what depends on it:
+    text models that must know on which side of the patient a patch lies. nnU-Net caps its initial patch by the
+    median shape; the cap is lowered here, and nnU-Net's planning then proceeds as always.
+
+        nnunet-prompt plan DATASET -pl NarrowSmallPatchPlanner     # writes nnUNetPlansNarrowSmallPatch.json
+    """
+    patch_fraction = 0.4
+    max_batch_size = 2  # nnU-Net fills its memory target with more patches when they are small; a CT trains with 2
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = 'DefaultPreprocessor', plans_name: str = 'nnUNetPlansNarrowSmallPatch',
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
+                                    approximate_n_voxels_dataset: float, _cache: dict) -> dict:
+        import numpy as np
+        capped = np.maximum(np.floor(np.asarray(median_shape) * self.patch_fraction), 4)
+        plan = super().get_plans_for_configuration(spacing, capped, data_identifier, approximate_n_voxels_dataset,
+                                                   _cache)
+        plan['median_image_size_in_voxels'] = median_shape
+        plan['batch_size'] = min(int(plan['batch_size']), self.max_batch_size)
+        return plan

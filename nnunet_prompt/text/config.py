@@ -15,6 +15,9 @@ from torch import nn
 from nnunet_prompt.text.language_model import TextModelSpec
 
 KINDS = ("language_model", "categories")
+# where image tokens are located for the fusion: in the whole image (position channels) or, as models recorded
+# before those existed, in the patch (nnunet_prompt.text.image_position says why the whole image)
+POSITIONS = ("image", "patch")
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,19 @@ class ClinicalContextConfig:
     vectors_per_group: int = 8    # M learnable vectors per group
     category_dim: int = 128       # context size of the numeric-category ablation
     text_model: Optional[TextModelSpec] = None
+    position: str = "image"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+
+    @property
+    def position_channels(self) -> int:
+        """Position channels the network reads after the image channels."""
+        from nnunet_prompt.text.image_position import NUM_POSITION_CHANNELS
+        return NUM_POSITION_CHANNELS if self.position == "image" else 0
 
     @property
     def entry_key(self) -> str:
@@ -52,6 +64,7 @@ class ClinicalContextConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ClinicalContextConfig":
         d = dict(d)
+        d.setdefault("position", "patch")  # recorded before position channels existed
         spec = d.pop("text_model", None)
         return cls(**d, text_model=TextModelSpec(**spec) if spec else None)
 

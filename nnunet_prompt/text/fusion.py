@@ -5,9 +5,11 @@ attention block (token self-attention, token -> image cross-attention, token MLP
 cross-attention) then updates the level's image features. The block is ``transformers``' own
 ``SamTwoWayAttentionBlock``; only the flattening of a 3D (or 2D) feature map into tokens is done here.
 
-Image tokens carry a positional embedding, as in SAM: a linear map of the voxel's patch-relative
-coordinates in [-1, 1]. Without it image -> token attention could not tell left from right, which is
-exactly what laterality in the text asks for.
+Image tokens carry a positional embedding, as in SAM: a linear map of the voxel's coordinates in [-1, 1].
+Without it image -> token attention could not tell left from right, which is exactly what laterality in
+the text asks for. The coordinates are the voxel's position in the whole image (``position``: the network's
+position channels, ``nnunet_prompt.text.image_position``, averaged to the level's resolution), or, in models
+recorded before those existed, in the patch.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def patch_coordinates(spatial, device, dtype) -> torch.Tensor:
 
 class TwoWayTextFusion(nn.Module):
     def __init__(self, context_dim: int, channels: int, spatial_dims: int = 3, attention_downsample_rate: int = 2,
-                 mlp_ratio: int = 4):
+                 mlp_ratio: int = 4, position_dims: int = None):
+        """position_dims: channels of the ``position`` forward() is given (None: patch-relative coordinates)."""
         super().__init__()
         from transformers.models.sam.configuration_sam import SamMaskDecoderConfig
         from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock
@@ -41,16 +44,20 @@ class TwoWayTextFusion(nn.Module):
                                       attention_downsample_rate=attention_downsample_rate)
         config._attn_implementation = "sdpa"
         self.project = nn.Linear(context_dim, channels)
-        self.position = nn.Linear(spatial_dims, channels)
+        self.position = nn.Linear(position_dims or spatial_dims, channels)
         self.block = SamTwoWayAttentionBlock(config, attention_downsample_rate=attention_downsample_rate)
 
-    def forward(self, features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """features (B, C, *spatial), context (B, N, D) -> features (B, C, *spatial) aligned with the context."""
+    def forward(self, features: torch.Tensor, context: torch.Tensor, position: torch.Tensor = None) -> torch.Tensor:
+        """features (B, C, *spatial), context (B, N, D), position (B, P, *spatial) or None -> features
+        (B, C, *spatial) aligned with the context."""
         b, c, *spatial = features.shape
         tokens = self.project(context.to(self.project.weight.dtype))[:, None]          # (B, 1, N, C)
         image = features.flatten(2).transpose(1, 2)[:, None]                           # (B, 1, P, C)
-        pe = self.position(patch_coordinates(spatial, features.device, self.position.weight.dtype))
-        pe = pe[None, None].expand(b, 1, -1, -1)
+        if position is None:
+            pe = self.position(patch_coordinates(spatial, features.device, self.position.weight.dtype))
+            pe = pe[None, None].expand(b, 1, -1, -1)
+        else:
+            pe = self.position(position.flatten(2).transpose(1, 2).to(self.position.weight.dtype))[:, None]
         _, image, _ = self.block(queries=tokens, keys=image, query_point_embedding=torch.zeros_like(tokens),
                                  key_point_embedding=pe.to(image.dtype), attention_similarity=None)
         return image[:, 0].transpose(1, 2).reshape(b, c, *spatial)

@@ -8,6 +8,10 @@ The context is not a tensor input, and nnU-Net's train_step and sliding-window p
 with nothing else. So the caller conditions the network for the span of such a call:
 ``with network.conditioned_on(entries): ...`` (one entry per sample, or one entry for all tiles of a case).
 Outside that block the network holds no context, and ``forward`` refuses to run.
+
+Input: the image channels, then (``position_channels`` > 0) the position channels
+(``nnunet_prompt.text.image_position``), then any further channels (spatial prompts). The position channels go to
+every fusion's positional embedding, averaged to its level's resolution, and, like all channels, to the encoder.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from contextlib import contextmanager
 from typing import Mapping, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
@@ -24,13 +29,19 @@ from nnunet_prompt.text.fusion import TwoWayTextFusion
 
 
 class TextConditionedUNet(ComposedUNet):
-    def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str):
-        """context_key: which part of a clinical-text entry the context encoder reads ('text' or 'fields')."""
+    def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_image_channels: int = 0,
+                 position_channels: int = 0):
+        """context_key: which part of a clinical-text entry the context encoder reads ('text' or 'fields').
+        position_channels: how many position channels follow the ``num_image_channels`` image channels (0: none,
+        the fusions use patch-relative coordinates)."""
         super().__init__(unet)
         self.context_encoder = context_encoder
         self.context_key = context_key
+        self.position_slice = slice(num_image_channels, num_image_channels + position_channels)
         dims = convert_conv_op_to_dim(unet.encoder.conv_op)
-        self.fusions = nn.ModuleList(TwoWayTextFusion(context_encoder.context_dim, c, dims)
+        self.pool = (F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[dims - 2]
+        self.fusions = nn.ModuleList(TwoWayTextFusion(context_encoder.context_dim, c, dims,
+                                                      position_dims=position_channels or None)
                                      for c in unet.encoder.output_channels)
         self._entries: Optional[list] = None  # only inside conditioned_on()
         self._cached = None  # (entries key, context) while not training: a case's tiles share one context
@@ -78,5 +89,13 @@ class TextConditionedUNet(ComposedUNet):
     def forward(self, x: torch.Tensor):
         ctx = self.context(x.shape[0])
         skips = self.unet.encoder(x)
-        skips = [fuse(s, ctx) for fuse, s in zip(self.fusions, skips)]
+        if self.position_slice.stop == self.position_slice.start:
+            skips = [fuse(s, ctx) for fuse, s in zip(self.fusions, skips)]
+        else:
+            if x.shape[1] < self.position_slice.stop:
+                raise RuntimeError(f"This text model reads {self.position_slice.stop - self.position_slice.start} "
+                                   f"position channels after the image channels, but got {x.shape[1]} channels in "
+                                   "all: predict it with nnunet-prompt (predict, session), which adds them.")
+            position = x[:, self.position_slice]
+            skips = [fuse(s, ctx, self.pool(position, s.shape[2:])) for fuse, s in zip(self.fusions, skips)]
         return self.unet.decoder(skips)

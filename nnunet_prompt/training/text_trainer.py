@@ -10,6 +10,8 @@ nnU-Net keeps planning, data loading, the loss, the training loop and checkpoint
   ``build_network_architecture`` rebuilds it: fresh trainings take ``clinical_context`` and the language model
   named by ``NNUNET_PROMPT_TEXT_MODEL`` (default MiniLM-L6), ``--c`` and prediction the recorded one;
 * augmentation keeps left and right (``SideKeepingAugmentation``: laterality is in the text);
+* each case carries three position channels after its image channels (``nnunet_prompt.text.image_position``):
+  where a patch lies in the whole image, which nnU-Net's planned patches (a fraction of a CT) do not say;
 * the final validation predicts each validation case with its own text.
 
 The output is the dataset's usual label map (the text selects *what* to contour, e.g. the nodal CTV
@@ -29,6 +31,7 @@ from nnunet_prompt.clinical_text import SIDECAR_FILENAME, read_sidecar
 from nnunet_prompt.model_record import PLANS_KEY, ModelRecordError, record_from_plans
 from nnunet_prompt.networks.contract import unwrap
 from nnunet_prompt.text.config import ClinicalContextConfig
+from nnunet_prompt.text.image_position import PositionedDataset, protect_position_channels
 from nnunet_prompt.text.text_unet import TextConditionedUNet
 from nnunet_prompt.training.recorded_trainer import RecordedTrainerMixin
 from nnunet_prompt.training.side_keeping_augmentation import SideKeepingAugmentation
@@ -58,9 +61,10 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
         config = ClinicalContextConfig.from_dict(record_from_plans(plans_manager.plans).clinical_context).relocated()
         unet = get_network_from_plans(
             configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
-            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
-            allow_init=True, deep_supervision=enable_deep_supervision)
-        return TextConditionedUNet(unet, config.build_encoder(), config.entry_key)
+            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels + config.position_channels,
+            num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+        return TextConditionedUNet(unet, config.build_encoder(), config.entry_key, num_input_channels,
+                                   config.position_channels)
 
     def record_fields(self) -> dict:
         context = self.clinical_context.with_text_model_from_environment()
@@ -69,8 +73,9 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
     def check_resumed_record(self, record) -> None:
         super().check_resumed_record(record)
         stored = ClinicalContextConfig.from_dict(record.clinical_context)
-        if (stored.kind, stored.num_groups, stored.vectors_per_group) != (
-                self.clinical_context.kind, self.clinical_context.num_groups, self.clinical_context.vectors_per_group):
+        mine = self.clinical_context
+        if (stored.kind, stored.num_groups, stored.vectors_per_group, stored.position) != (
+                mine.kind, mine.num_groups, mine.vectors_per_group, mine.position):
             raise ModelRecordError(f"{type(self).__name__} cannot resume a model trained with clinical context {stored}.")
 
     @property
@@ -78,6 +83,17 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
         """The recorded context encoder (the class's before the record is written, e.g. for early text checks)."""
         stored = self.plans_manager.plans.get(PLANS_KEY)
         return self.clinical_context if stored is None else ClinicalContextConfig.from_dict(stored["clinical_context"])
+
+    # ------------------------------------------------------- position channels
+    def get_tr_and_val_datasets(self):
+        datasets = super().get_tr_and_val_datasets()
+        if not self.context_config.position_channels:
+            return datasets
+        return tuple(PositionedDataset(d) for d in datasets)
+
+    def get_training_transforms(self, *args, **kwargs):
+        pipeline = super().get_training_transforms(*args, **kwargs)
+        return protect_position_channels(pipeline) if self.context_config.position_channels else pipeline
 
     # ---------------------------------------------------------- clinical text
     def clinical_entries(self) -> Dict[str, dict]:
@@ -134,15 +150,16 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
             return super().validation_step(batch)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunet_prompt.inference.predictor import PromptPredictor
         from nnunet_prompt.training.prompted_validation import validate_cases
         self.set_deep_supervision_enabled(False)
         self.network.eval()
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+        predictor = PromptPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                     perform_everything_on_device=True, device=self.device, verbose=False,
                                     verbose_preprocessing=False, allow_tqdm=False)
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.__class__.__name__, None)
+        predictor.position_channels = self.context_config.position_channels
         key = self.context_config.entry_key
 
         def predict_case(k, data, seg):
