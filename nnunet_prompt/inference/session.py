@@ -38,7 +38,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -448,21 +448,39 @@ class InteractiveSession:
         return out
 
     def _predict_region(self, prompts: _Prompts, region: Region) -> torch.Tensor:
-        x = torch.cat([self._data[(slice(None), *region_slices(region))], self._region_channels(prompts, region)], 0)
+        x = torch.cat([self._data[(slice(None), *region_slices(region))], *self._region_positions(region),
+                       self._region_channels(prompts, region)], 0)
         t0 = time.perf_counter()
         with torch.no_grad(), self.predictor._object_output(), self._conditioning(prompts):
             logits = self.predictor.predict_sliding_window_return_logits(x).float().cpu()
         self.last_network_ms = (self.last_network_ms or 0.0) + 1000 * (time.perf_counter() - t0)
         return logits[1] - logits[0]
 
+    def _region_positions(self, region: Region) -> list:
+        """Models of text and prompts that read position channels: those of the region within the whole image, which
+        go between the image and the prompt channels (the predictor would place a region's own after them)."""
+        if not (self.takes_text and self.takes_prompts and self.predictor.position_channels):
+            return []
+        from nnunet_prompt.text.image_position import position_channels
+        return [torch.from_numpy(position_channels(tuple(self._grid.shape), region_slices(region)))]
+
+    @contextmanager
     def _conditioning(self, prompts: _Prompts):
-        """Models of text and prompts: the session's text (none yet: empty, the prompts alone) and target label."""
+        """Models of text and prompts: the session's text (none yet: empty, the prompts alone) and target label; the
+        region's position channels are in its input already (``_region_positions``)."""
         if not (self.takes_text and self.takes_prompts):
-            return nullcontext()
+            yield
+            return
         if self.target_label is None:
             raise ValueError("This model segments one label at a time and the dataset has several: call "
                              "set_target_label(name) first.")
-        return unwrap(self.predictor.network).conditioned_on([{"text": prompts.text or ""}], targets=[self.target_label])
+        given, self.predictor.position_channels = self.predictor.position_channels, 0
+        try:
+            with unwrap(self.predictor.network).conditioned_on([{"text": prompts.text or ""}],
+                                                               targets=[self.target_label]):
+                yield
+        finally:
+            self.predictor.position_channels = given
 
     def _commit(self, prompts: _Prompts, region: Region, logits: Optional[torch.Tensor],
                 before_logits: Optional[torch.Tensor] = None) -> None:

@@ -59,7 +59,8 @@ def model_capabilities(predictor) -> Dict[str, bool]:
 
 def capabilities_document(predictor, supported: Dict[str, bool], undo: bool, autozoom: bool) -> dict:
     import nnunet_prompt
-    n_image = len(predictor.dataset_json["channel_names"])
+    # the prompt channels follow the image channels and, for models that read text, the position channels
+    n_image = len(predictor.dataset_json["channel_names"]) + int(getattr(predictor, "position_channels", 0) or 0)
     mapping = {"prev_seg": n_image + MASK}
     for kind in ("points", "scribble"):
         if supported[kind]:

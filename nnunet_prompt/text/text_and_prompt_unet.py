@@ -1,5 +1,6 @@
 """One network for clinical text and spatial prompts: ``TextConditionedUNet`` around a U-Net whose input is the
-image channels followed by the prompt channels, plus a learned token per target label.
+image channels, the position channels (``nnunet_prompt.text.image_position``, when the record says so), then the
+prompt channels, plus a learned token per target label.
 
 Why the target token: the network has two outputs (background, the prompted object), as every prompt network
 (``nnunet_prompt.networks.contract``). A click says which object is meant; text alone does not when the dataset
@@ -23,9 +24,10 @@ from nnunet_prompt.text.text_unet import TextConditionedUNet
 
 
 class TextAndPromptUNet(TextConditionedUNet):
-    def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_target_tokens: int):
+    def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_target_tokens: int,
+                 num_image_channels: int = 0, position_channels: int = 0):
         """num_target_tokens: one more than the largest label value (a token per label value; 0 is never used)."""
-        super().__init__(unet, context_encoder, context_key)
+        super().__init__(unet, context_encoder, context_key, num_image_channels, position_channels)
         # the scale of the standardised context tokens (unit variance), so no token drowns the others at the start
         self.target_tokens = nn.Parameter(torch.randn(num_target_tokens, context_encoder.context_dim))
         self._targets: Optional[torch.Tensor] = None

@@ -128,6 +128,7 @@ def run_prompted_validation(trainer, save_probabilities: bool = False, case_entr
     predictor.prompt_encoding = trainer.prompt_encoding
     if case_entry is not None:
         predictor.clinical_context = trainer.context_config
+        predictor.position_channels = trainer.context_config.position_channels  # before the prompt channels
 
     types = trainer.simulation_policy.initial_types
     prompt_type = trainer.validation_prompt_type if trainer.validation_prompt_type in types else types[0]

@@ -9,7 +9,8 @@ of the two bases':
 * from ``PromptTrainerBase``: a target label per sample, simulated prompts appended as channels, iterative click
   training, the prompt encoding in the record;
 * from ``TextPromptTrainerBase``: the clinical text per case from the raw dataset's sidecar, the context encoder in
-  the record, no mirroring (laterality is in the text).
+  the record, the position channels after the image channels (the prompt channels follow them), no mirroring
+  (laterality is in the text).
 
 Each training batch draws what it is given (``mode_probabilities``):
 
@@ -72,12 +73,15 @@ class TextAndPromptTrainerBase(TextPromptTrainerBase, PromptTrainerBase):
         record = record_from_plans(plans_manager.plans)
         config = ClinicalContextConfig.from_dict(record.clinical_context).relocated()
         num_prompt_channels = PromptEncoding.from_dict(record.prompt_encoding).num_channels
+        # input: image, position channels (the text trainer's dataset appends them), prompt channels
+        num_before_prompts = num_input_channels + config.position_channels
         unet = get_network_from_plans(
             configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
-            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels + num_prompt_channels,
+            configuration_manager.network_arch_init_kwargs_req_import, num_before_prompts + num_prompt_channels,
             NUM_OUTPUTS, allow_init=True, deep_supervision=enable_deep_supervision)
-        network = TextAndPromptUNet(unet, config.build_encoder(), config.entry_key, num_output_channels)
-        network.register_forward_pre_hook(append_empty_prompts_hook(num_input_channels, num_prompt_channels))
+        network = TextAndPromptUNet(unet, config.build_encoder(), config.entry_key, num_output_channels,
+                                    num_input_channels, config.position_channels)
+        network.register_forward_pre_hook(append_empty_prompts_hook(num_before_prompts, num_prompt_channels))
         return network
 
     # ---------------------------------------------------------- what a batch gets
