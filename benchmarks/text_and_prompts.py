@@ -37,6 +37,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--epochs", type=int, default=8, help="epochs of 60 iterations for every trainer (demo schedule)")
     p.add_argument("--out", default=None, help="append the markdown result to this file")
+    p.add_argument("--trainers", nargs="+", default=[TEXT, CLICKS, BOTH], help="train and evaluate only these")
     a = p.parse_args(argv)
 
     import SimpleITK as sitk
@@ -67,7 +68,7 @@ def main(argv=None):
 
     results = os.path.join(os.environ["nnUNet_results"], os.path.basename(raw))
     minutes = {}
-    for trainer in (TEXT, CLICKS, BOTH):
+    for trainer in a.trainers:
         final = os.path.join(results, f"{trainer}__{PLANS}__{CONFIG}", f"fold_{FOLD}", "checkpoint_final.pth")
         if not os.path.isfile(final):
             t = time.time()
@@ -87,7 +88,8 @@ def main(argv=None):
     given = {"text": lambda c: {"text": texts[c]["text"]},
              "1 click": lambda c: {"coordinates": "mm", "positive_points": clicks[c]},
              "text + 1 click": lambda c: {"coordinates": "mm", "positive_points": clicks[c], "text": texts[c]["text"]}}
-    arms = [(TEXT, "text"), (CLICKS, "1 click"), (BOTH, "text"), (BOTH, "1 click"), (BOTH, "text + 1 click")]
+    arms = [(t, w) for t, w in ((TEXT, "text"), (CLICKS, "1 click"), (BOTH, "text"), (BOTH, "1 click"),
+                                (BOTH, "text + 1 click")) if t in a.trainers]
     refs = {c: sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(labels, c + ".nii.gz"))) == 1 for c in cases}
     dev = torch.device(a.device)
     summary = {"arms": [], "train_minutes": minutes}
