@@ -20,7 +20,8 @@ the whole image; voxels no patch reached are background.
 Text-conditioned models (a ``clinical_context`` in the model's plans record, see ``nnunet_prompt.model_record``)
 take no prompt channels: each case's clinical entry (the prompt's ``text``, or an entry of a clinical-text sidecar
 given with ``set_clinical_text``) conditions the network during nnU-Net's ordinary prediction of the dataset's label
-map.
+map. Models with both (TextAndPromptTrainer) are prompted per label, each pass conditioned on the case's text as well
+(``nnunet_prompt.inference.text_and_prompts``).
 
 The network is rebuilt by nnU-Net's own ``initialize_from_trained_model_folder`` from the model's plans.json alone;
 this class reads the prompt layout or the context encoder from the same record.
@@ -39,6 +40,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_prompt.inference.cross_patch import CrossPatchPropagator, require_cross_patch_head
 from nnunet_prompt.inference.prompt_kinds import kinds_given, kinds_read, refuse_unread
+from nnunet_prompt.inference import text_and_prompts
 from nnunet_prompt.model_record import record_from_plans
 from nnunet_prompt.networks.contract import object_label_manager, unwrap, used_prompt_channels
 from nnunet_prompt.prompts.encoding import MASK, POS, PromptEncoding, ball_radius_voxels, draw_balls, encode_preprocessed
@@ -223,6 +225,9 @@ class PromptPredictor(nnUNetPredictor):
                     check_image_file(f)
                 except ImageFileError as e:
                     raise PromptError(f"Case '{case}': {e}") from None
+            if text_and_prompts.takes_text_and_prompts(self):
+                text_and_prompts.check_case(self, case, case_files[0])
+                continue
             if self.clinical_context is not None:
                 self.case_clinical_entry(case)
                 continue
@@ -265,9 +270,11 @@ class PromptPredictor(nnUNetPredictor):
                           f"\"{case}\": {{...}}, or pass --allow-missing-prompts to predict such cases as background.")
 
     # ---------------------------------------------------------- per case
-    def prepare_case_prompts(self, case: str, preprocessed_shape, properties: dict) -> Dict[int, torch.Tensor]:
-        """Validate a case's prompts and encode them on its preprocessed grid: {label value: channels}."""
-        prompts = self.case_prompts.get(case)
+    def prepare_case_prompts(self, case: str, preprocessed_shape, properties: dict,
+                             prompts=None) -> Dict[int, torch.Tensor]:
+        """Validate a case's prompts (``prompts``, else those set for it) and encode them on its preprocessed grid:
+        {label value: channels}."""
+        prompts = self.case_prompts.get(case) if prompts is None else prompts
         if prompts is None:
             if self.allow_missing_prompts:
                 return {}
@@ -318,7 +325,8 @@ class PromptPredictor(nnUNetPredictor):
             if self.cross_patch is not None:
                 out[c] = self.cross_patch_logits(data, channels, self._current_case_clicks.get(label, []), label)
                 continue
-            with self._object_output(), self._prompt_channels_per_tile(channels):
+            with self._object_output(), self._prompt_channels_per_tile(channels), \
+                    text_and_prompts.label_conditioning(self, label):
                 if self.list_of_parameters is None:  # manual_initialization: weights already in the network
                     logits = self.predict_sliding_window_return_logits(data.float())
                 else:
@@ -429,7 +437,10 @@ class PromptPredictor(nnUNetPredictor):
                 data = item['data']
                 shape = np.load(data, mmap_mode='r').shape if isinstance(data, str) else data.shape
                 self._current_case = case
-                if self.clinical_context is not None:
+                if text_and_prompts.takes_text_and_prompts(self):
+                    self._current_case_entry, self._current_case_channels = text_and_prompts.prepare_case(
+                        self, case, shape[1:], item['data_properties'])
+                elif self.clinical_context is not None:
                     self._current_case_entry = self.case_clinical_entry(case)
                 else:
                     self._current_case_channels = self.prepare_case_prompts(case, shape[1:], item['data_properties'])
@@ -480,7 +491,7 @@ class PromptPredictor(nnUNetPredictor):
                 "cases": dict(sorted(self.case_timing.items()))}
 
     def _predict_case_logits(self, data: torch.Tensor) -> torch.Tensor:
-        if self.clinical_context is not None:
+        if self.clinical_context is not None and self.prompt_encoding is None:
             if self._current_case_entry is None:
                 raise RuntimeError("Text-conditioned prediction needs clinical text: call it through "
                                    "predict_from_files after set_prompts() / set_clinical_text().")

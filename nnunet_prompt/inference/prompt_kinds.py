@@ -5,7 +5,8 @@ A prompt may hold points, boxes, a mask and text (``nnunet_prompt.prompts.model`
 * a spatial prompt model the prompt channels its network takes: all of them (PromptTrainer, PSAPTrainer, the SAM
   trainers), or a subset its plans record names (BoxPromptTrainer: the box only, ``used_prompt_channels``);
 * a text-conditioned model (TextPromptTrainer) its clinical entry and nothing spatial: the free text, or for the
-  categories ablation the structured fields of a clinical-text sidecar, so not even a prompt's text.
+  categories ablation the structured fields of a clinical-text sidecar, so not even a prompt's text;
+* a model of both (TextAndPromptTrainer) the text and its prompt channels.
 
 Anything else in a prompt would be dropped without a word and the user would believe it was used, so prediction
 and the interactive session refuse it, naming the kinds the model takes and the models that take the others.
@@ -22,19 +23,23 @@ SPATIAL_KINDS = {"positive_points": "positive_clicks", "negative_points": "negat
 TEXT = "text"
 
 # who to predict with instead: the trainers that read the kind
-TAKEN_BY = {"positive_points": "PromptTrainer or PSAPTrainer", "negative_points": "PromptTrainer or PSAPTrainer",
-            "boxes": "PromptTrainer, BoxPromptTrainer or MedSAMTrainer", "mask": "PromptTrainer or PSAPTrainer",
-            TEXT: "TextPromptTrainer"}
+TAKEN_BY = {"positive_points": "PromptTrainer, PSAPTrainer or TextAndPromptTrainer",
+            "negative_points": "PromptTrainer, PSAPTrainer or TextAndPromptTrainer",
+            "boxes": "PromptTrainer, BoxPromptTrainer, MedSAMTrainer or TextAndPromptTrainer",
+            "mask": "PromptTrainer, PSAPTrainer or TextAndPromptTrainer",
+            TEXT: "TextPromptTrainer or TextAndPromptTrainer"}
 
 
 def kinds_read(prompt_channels_used: Optional[Sequence[str]], clinical_entry_key: Optional[str]) -> frozenset:
     """The prompt keys a model reads. ``clinical_entry_key``: the clinical entry key of a text-conditioned model
     (``ClinicalContextConfig.entry_key``: "text" or "fields"), None for a spatial model; ``prompt_channels_used``:
-    the channel names a spatial model's network reads."""
-    if clinical_entry_key is not None:
-        return frozenset({TEXT}) if clinical_entry_key == TEXT else frozenset()
+    the channel names a spatial model's network reads (None for a text-only model)."""
+    text = frozenset({TEXT}) if clinical_entry_key == TEXT else frozenset()
+    if clinical_entry_key is not None and prompt_channels_used is None:
+        return text
     used = set(prompt_channels_used or ())
-    return frozenset(k for k, channel in SPATIAL_KINDS.items() if channel in used)
+    # a model with both (TextAndPromptTrainer) reads the text and its prompt channels
+    return text | frozenset(k for k, channel in SPATIAL_KINDS.items() if channel in used)
 
 
 def kinds_given(prompt) -> list:

@@ -31,10 +31,14 @@
   of each slice, and never grows into other slices (a 2d model cannot see an object beyond its prompt's slices).
 * Text-conditioned models (TextPromptTrainer) take ``set_text("Left-sided tumour, cT2N1M0.")`` instead of
   points and boxes: the whole image is predicted with that text and ``mask`` is the dataset's label map.
+* Models of text and prompts (TextAndPromptTrainer) segment one object (``set_target_label``; the only label by
+  default) from both: ``set_text`` predicts the whole image with the text (and any prompts so far) and every later
+  interaction is predicted with that text still conditioning it (``nnunet_prompt.inference.text_and_prompts``).
 """
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -61,10 +65,11 @@ class _Prompts:
     boxes: List[Tuple[Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     proposed: List[np.ndarray] = field(default_factory=list)   # positive clicks proposed by cross-patch propagation
     outlines: List[Tuple[Tuple[int, ...], np.ndarray]] = field(default_factory=list)  # filled lassos: (lo, mask)
+    text: Optional[str] = None  # models of text and prompts: the text that conditions every prediction
 
     def copy(self) -> "_Prompts":
         return _Prompts(list(self.positive), list(self.negative), list(self.boxes), list(self.proposed),
-                        list(self.outlines))
+                        list(self.outlines), self.text)
 
 
 @dataclass
@@ -111,6 +116,11 @@ class InteractiveSession:
             self.cross_patch = CrossPatchPropagator(head, cross_patch_threshold, max_patches,
                                                     cross_patch_require_contact, self.predictor.device)
         self.last_propagation: Optional[Propagation] = None
+        self.target_label: Optional[int] = None  # models of text and prompts: the label segmented
+        if self.takes_text and self.takes_prompts:
+            from nnunet_prompt.prompts.regions_or_labels import prompt_targets
+            labels = prompt_targets(self.predictor.dataset_json)
+            self.target_label = next(iter(labels.values())) if len(labels) == 1 else None
         self.num_preprocessing_runs = 0
         self.last_latency_ms: Optional[float] = None
         self.last_network_ms: Optional[float] = None  # of last_latency_ms, the network's share
@@ -180,14 +190,37 @@ class InteractiveSession:
     def takes_text(self) -> bool:
         return self.predictor.clinical_context is not None
 
-    def set_text(self, text: str) -> np.ndarray:
-        """Text-conditioned models: segment the whole image as the clinical text says; returns the label map."""
+    @property
+    def takes_prompts(self) -> bool:
+        return self.predictor.prompt_encoding is not None
+
+    def set_target_label(self, label) -> None:
+        """Models of text and prompts: the label (name or value) this session segments; starts the object anew."""
+        from nnunet_prompt.prompts.regions_or_labels import prompt_targets
+        self.target_label = Prompt(label=label).resolve_label(prompt_targets(self.predictor.dataset_json))
+        if self._data is not None:
+            self.reset()
+
+    def set_text(self, text: str, return_mask: bool = True):
+        """Text-conditioned models: segment the whole image as the clinical text says; returns the label map.
+        Models of text and prompts: the text conditions this and every later prediction of the session's object;
+        the whole image is predicted with it (and the prompts so far), one undo step."""
         self._require_image()
         if not self.takes_text:
             raise ValueError("This model takes points, boxes and masks, not text.")
         if self.predictor.clinical_context.entry_key != "text":
             raise ValueError("This model was trained on structured clinical fields (numeric-category ablation), "
                              "not on text; predict it with `nnunet-prompt predict --clinical-text`.")
+        if self.takes_prompts:
+            prompts = self._current_prompts()
+            prompts.text = str(text)
+            self._pending = None
+            t0 = time.perf_counter()
+            self.last_network_ms = 0.0
+            region = ((0, 0, 0), tuple(int(v) for v in self._grid.shape))
+            self._commit(prompts, region, self._predict_region(prompts, region))
+            self.last_latency_ms = 1000 * (time.perf_counter() - t0)
+            return self._result(return_mask)
         t0 = time.perf_counter()
         with torch.no_grad(), unwrap(self.predictor.network).conditioned_on([{"text": str(text)}]):
             logits = self.predictor.predict_sliding_window_return_logits(self._data).float().cpu()
@@ -196,13 +229,13 @@ class InteractiveSession:
         self.last_region = ((0, 0, 0), tuple(self._grid.shape))
         self.last_changed_box = tuple((0, int(s)) for s in self._grid.raw_shape_zyx)
         self.last_latency_ms = 1000 * (time.perf_counter() - t0)
-        return self.mask
+        return self._result(return_mask)
 
     def _require_spatial(self, kind: Optional[str]):
         """``kind``: the prompt key the interaction draws (``prompt_kinds``); a model that ignores it refuses it, as
         prediction does, instead of predicting as if it had not been given."""
         self._require_image()
-        if self.takes_text:
+        if self.takes_text and not self.takes_prompts:
             raise ValueError("This model is conditioned on clinical text only: use set_text().")
         read = kinds_read(self.predictor.prompt_channels_used, None)
         if kind is not None and kind not in read:
@@ -350,7 +383,7 @@ class InteractiveSession:
         """The current object mask on the input image's grid, numpy (z, y, x) uint8, a copy (a label map for text
         models)."""
         self._require_image()
-        if self.takes_text:  # the dataset's label map
+        if self.takes_text and not self.takes_prompts:  # the dataset's label map
             if self._text_logits is None:
                 return np.zeros(self._grid.raw_shape_zyx, dtype=np.uint8)
             from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
@@ -363,7 +396,7 @@ class InteractiveSession:
     def mask_in(self, box: RawBox) -> np.ndarray:
         """The current object mask inside ``box`` (z, y, x, half-open), a copy."""
         self._require_image()
-        if self.takes_text:
+        if self.takes_text and not self.takes_prompts:
             return self.mask[box_slices(box)]
         return self._mask[box_slices(box)].copy()
 
@@ -415,12 +448,39 @@ class InteractiveSession:
         return out
 
     def _predict_region(self, prompts: _Prompts, region: Region) -> torch.Tensor:
-        x = torch.cat([self._data[(slice(None), *region_slices(region))], self._region_channels(prompts, region)], 0)
+        x = torch.cat([self._data[(slice(None), *region_slices(region))], *self._region_positions(region),
+                       self._region_channels(prompts, region)], 0)
         t0 = time.perf_counter()
-        with torch.no_grad(), self.predictor._object_output():
+        with torch.no_grad(), self.predictor._object_output(), self._conditioning(prompts):
             logits = self.predictor.predict_sliding_window_return_logits(x).float().cpu()
         self.last_network_ms = (self.last_network_ms or 0.0) + 1000 * (time.perf_counter() - t0)
         return logits[1] - logits[0]
+
+    def _region_positions(self, region: Region) -> list:
+        """Models of text and prompts that read position channels: those of the region within the whole image, which
+        go between the image and the prompt channels (the predictor would place a region's own after them)."""
+        if not (self.takes_text and self.takes_prompts and self.predictor.position_channels):
+            return []
+        from nnunet_prompt.text.image_position import position_channels
+        return [torch.from_numpy(position_channels(tuple(self._grid.shape), region_slices(region)))]
+
+    @contextmanager
+    def _conditioning(self, prompts: _Prompts):
+        """Models of text and prompts: the session's text (none yet: empty, the prompts alone) and target label; the
+        region's position channels are in its input already (``_region_positions``)."""
+        if not (self.takes_text and self.takes_prompts):
+            yield
+            return
+        if self.target_label is None:
+            raise ValueError("This model segments one label at a time and the dataset has several: call "
+                             "set_target_label(name) first.")
+        given, self.predictor.position_channels = self.predictor.position_channels, 0
+        try:
+            with unwrap(self.predictor.network).conditioned_on([{"text": prompts.text or ""}],
+                                                               targets=[self.target_label]):
+                yield
+        finally:
+            self.predictor.position_channels = given
 
     def _commit(self, prompts: _Prompts, region: Region, logits: Optional[torch.Tensor],
                 before_logits: Optional[torch.Tensor] = None) -> None:

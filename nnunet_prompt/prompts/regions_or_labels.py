@@ -115,7 +115,11 @@ def one_target_vs_rest(target: List[torch.Tensor], keys: Sequence[TargetKey], ig
     """Pick one target per sample (uniformly among those present in the full-resolution patch, any target if none
     is) and turn every deep-supervision label-map target into 'that target vs rest' (1 = inside the target's
     label values), keeping nnU-Net's ignore label."""
-    full = target[0]
+    return targets_vs_rest(target, pick_targets(target[0], keys, generator), ignore_label)
+
+
+def pick_targets(full: torch.Tensor, keys: Sequence[TargetKey], generator) -> List[TargetKey]:
+    """One target per sample of a full-resolution label-map batch: uniformly among those present, any if none is."""
     keys = sorted_targets(keys)
     chosen = []
     for i in range(full.shape[0]):
@@ -124,6 +128,11 @@ def one_target_vs_rest(target: List[torch.Tensor], keys: Sequence[TargetKey], ig
         pool = present if present else keys
         j = int(torch.randint(len(pool), (1,), generator=generator, device=generator.device).item())
         chosen.append(pool[j])
+    return chosen
+
+
+def targets_vs_rest(target: List[torch.Tensor], chosen: Sequence[TargetKey], ignore_label) -> List[torch.Tensor]:
+    """Every deep-supervision label-map target as 'the sample's chosen target vs rest', keeping the ignore label."""
     out = []
     for t in target:
         b = torch.stack([target_mask(t[i], k) for i, k in enumerate(chosen)]).to(t.dtype)

@@ -24,8 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from nnInteractive.inference.remote import _protocol as P
 from nnInteractive.inference.remote.serialization import pack_array, unpack_array
 
-from nnunet_prompt.serve.interactions import (InteractionRefused, bbox_to_xyz, capabilities_document, point_to_xyz,
-                                              require, stroke_offset)
+from nnunet_prompt.serve.interactions import (TEXT_PATH, InteractionRefused, bbox_to_xyz, capabilities_document,
+                                              point_to_xyz, require, stroke_offset)
 from nnunet_prompt.serve.leases import AtCapacity, Lease, LeaseGone, LeaseRegistry
 
 log = logging.getLogger("nnunet_prompt.serve")
@@ -375,6 +375,27 @@ def make_app(new_session: Callable[[], object], predictor, supported: dict, api_
             # the client already holds the segmentation it sent: only what the network changed goes back
             return reply(lease, session, session.last_predicted_box if run else None)
         return await in_session(lease, do, predicts=run)
+
+    # ------------------------------------------------------------------ extension: clinical text
+    @app.post(TEXT_PATH)
+    async def set_text(request: Request) -> Response:
+        lease = client(request)
+        body = await json_body(request)
+        text, label = body.get("text"), body.get("label")
+        if not isinstance(text, str):
+            raise _bad(f"'text' must be a string (the case's clinical text; \"\" for none), got {text!r}")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, (int, str))):
+            raise _bad(f"'label' must be a label name or value, got {label!r}")
+        if predictor.clinical_context is None or predictor.clinical_context.entry_key != "text":
+            raise _bad(f"This model ({trainer}) does not read clinical text; {TEXT_PATH} is for TextAndPromptTrainer "
+                       f"models.")
+
+        def do(session):
+            need_image_and_buffer(lease, session)
+            if label is not None:
+                session.set_target_label(label)  # a new object: its result starts anew
+            return reply(lease, session, session.set_text(text, return_mask=False))
+        return await in_session(lease, do, predicts=True)
 
     return app
 

@@ -16,6 +16,10 @@ initial_seg        the mask prompt: the contour to correct becomes the current r
                    channel); the clicks that follow refine it
 autozoom on/off    region growth on/off (the region grows while the object touches its inner sides)
 =================  =====================================================================================
+
+Extension (not in nnInteractive's protocol): models of text and prompts (TextAndPromptTrainer) take clinical text at
+``POST TEXT_PATH`` with ``{"text": "...", "label": optional name or value}``; its reply is a prediction's reply.
+The capabilities document names it under ``"nnunet_prompt_extensions"``.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from nnunet_prompt.prompts.encoding import BOX, MASK, NEG, POS
+
+TEXT_PATH = "/nnunet_prompt/set_text"
 
 
 class InteractionRefused(ValueError):
@@ -53,7 +59,8 @@ def model_capabilities(predictor) -> Dict[str, bool]:
 
 def capabilities_document(predictor, supported: Dict[str, bool], undo: bool, autozoom: bool) -> dict:
     import nnunet_prompt
-    n_image = len(predictor.dataset_json["channel_names"])
+    # the prompt channels follow the image channels and, for models that read text, the position channels
+    n_image = len(predictor.dataset_json["channel_names"]) + int(getattr(predictor, "position_channels", 0) or 0)
     mapping = {"prev_seg": n_image + MASK}
     for kind in ("points", "scribble"):
         if supported[kind]:
@@ -74,6 +81,7 @@ def capabilities_document(predictor, supported: Dict[str, bool], undo: bool, aut
         "license": str(licence),
         "supports_undo": bool(undo),
         "do_autozoom": bool(autozoom),
+        "nnunet_prompt_extensions": ({"set_text": TEXT_PATH} if predictor.clinical_context is not None else {}),
         "model": {"trainer": predictor.trainer_name, "patch_size": [int(v) for v in predictor.configuration_manager.patch_size],
                   "prompt_channels": list(predictor.prompt_encoding.channels)},
     }

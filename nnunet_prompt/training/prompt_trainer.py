@@ -20,7 +20,7 @@ clicks only) in training, so one model accepts either.
 from __future__ import annotations
 
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import autocast
@@ -137,12 +137,14 @@ class PromptTrainerBase(RecordedTrainerMixin, nnUNetTrainer):
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
-    def simulate_prompts(self, data: torch.Tensor, target: torch.Tensor, rounds: int) -> torch.Tensor:
-        """Prompt channels after ``rounds`` simulated interactions (rounds - 1 refinements)."""
+    def simulate_prompts(self, data: torch.Tensor, target: torch.Tensor, rounds: int,
+                         initial: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Prompt channels after ``rounds`` simulated interactions (rounds - 1 refinements). ``initial``: the
+        round-1 prompt channels instead of a simulated initial prompt (e.g. none, when text alone starts)."""
         self._sync()
         t0 = time.perf_counter()
         obj = target[:, 0] == 1
-        prompts = self.simulator.initial_prompts(obj)
+        prompts = self.simulator.initial_prompts(obj) if initial is None else initial
         forward_s = 0.0
         for _ in range(rounds - 1):
             self._sync()

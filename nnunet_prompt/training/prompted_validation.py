@@ -114,7 +114,9 @@ def validate_cases(trainer, predict_case: Callable[[str, torch.Tensor, np.ndarra
     compute_gaussian.cache_clear()
 
 
-def run_prompted_validation(trainer, save_probabilities: bool = False) -> None:
+def run_prompted_validation(trainer, save_probabilities: bool = False, case_entry=None) -> None:
+    """``case_entry(case) -> clinical entry``: for models that read text beside the prompts (TextAndPromptTrainer),
+    every label's pass of a case is conditioned on that case's text as well."""
     from nnunet_prompt.inference.predictor import PromptPredictor
 
     predictor = PromptPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
@@ -124,6 +126,9 @@ def run_prompted_validation(trainer, save_probabilities: bool = False) -> None:
                                     trainer.dataset_json, trainer.__class__.__name__,
                                     trainer.inference_allowed_mirroring_axes)
     predictor.prompt_encoding = trainer.prompt_encoding
+    if case_entry is not None:
+        predictor.clinical_context = trainer.context_config
+        predictor.position_channels = trainer.context_config.position_channels  # before the prompt channels
 
     types = trainer.simulation_policy.initial_types
     prompt_type = trainer.validation_prompt_type if trainer.validation_prompt_type in types else types[0]
@@ -149,6 +154,10 @@ def run_prompted_validation(trainer, save_probabilities: bool = False) -> None:
                 channels[target] = simulator.initial_prompts(obj[None], [prompt_type])[0].cpu()
         given = [as_json(t) for t in sorted_targets(channels)]
         trainer.print_to_log_file(f"predicting {k} with simulated '{prompt_type}' prompts for {kind} {given}")
-        return predictor.predict_prompted_logits(data, channels), {kind: given, "prompt": prompt_type}
+        note = {kind: given, "prompt": prompt_type}
+        if case_entry is not None:
+            predictor._current_case_entry = case_entry(k)
+            note["text"] = predictor._current_case_entry.get("text")
+        return predictor.predict_prompted_logits(data, channels), note
 
     validate_cases(trainer, predict_case, "simulated_prompts", save_probabilities)
