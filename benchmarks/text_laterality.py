@@ -9,9 +9,9 @@ Plans: ``NarrowSmallPatchPlanner``, whose patch is at most 40 % of the image alo
 window covers the neck with several patches, as on a CT.
 
 Trained with `nnUNetv2_train` on the same plans and fold, demo schedule: nnUNetTrainer_demo (image only),
-TextPromptTrainer_demo (position channels: where a patch lies in the whole image; context read from the
-text's tokens too) and, with ``--ablation``, TextPromptTrainer_patchPosition_demo (position in the patch only, the
-layout before) and TextPromptTrainer_noReadout_demo (context from LLMSeg's [SEG] outputs only). Each held-out case is
+TextPromptTrainer_demo (position channels: where a patch lies in the whole image) and, with ``--ablation``,
+TextPromptTrainer_patchPosition_demo (position in the patch only, the layout before) and
+TextPromptTrainer_tokenReadout_demo (context also read from the text's own tokens). Each held-out case is
 predicted with its own text and with left/right swapped (`nnunet-prompt text-analysis`'s prediction).
 Reported per model: held-out tumour Dice; the share of cases whose predicted tumour lies mainly on the side
 the text names; the swap share for each direction (own text left -> swapped right, and right -> left).
@@ -31,7 +31,7 @@ import numpy as np
 
 CONFIG, FOLD = "3d_fullres", 0
 BASELINE, TEXT = "nnUNetTrainer_demo", "TextPromptTrainer_demo"
-ABLATIONS = ("TextPromptTrainer_patchPosition_demo", "TextPromptTrainer_noReadout_demo")
+ABLATIONS = ("TextPromptTrainer_patchPosition_demo", "TextPromptTrainer_tokenReadout_demo")
 
 
 def main(argv=None):
@@ -104,7 +104,9 @@ def main(argv=None):
     def predict(trainer, tag, entries=None):
         out = os.path.join(work, "predictions", f"{trainer}_{tag}")
         cls = PromptPredictor if entries is not None else nnUNetPredictor
-        pr = cls(tile_step_size=0.5, use_mirroring=True, device=dev, allow_tqdm=False, verbose=False)
+        # no test-time mirroring for any model: the text models must not mirror (left would become right), and the
+        # baseline is compared on the same footing
+        pr = cls(tile_step_size=0.5, use_mirroring=False, device=dev, allow_tqdm=False, verbose=False)
         pr.initialize_from_trained_model_folder(os.path.join(results, f"{trainer}__{plans}__{CONFIG}"), (FOLD,))
         if entries is not None:  # as `nnunet-prompt text-analysis` predicts
             predict_entries(pr, images, entries, tag, out)

@@ -87,7 +87,7 @@ def test_token_readout_reads_the_texts_own_tokens_and_ignores_padding(tiny_bert)
     assert all(p.grad is not None for p in enc.readout.attention.parameters())
     legacy = ClinicalContextConfig.from_dict({"kind": "language_model", "num_groups": 4, "vectors_per_group": 8,
                                               "category_dim": 128, "text_model": None})
-    assert legacy.text_readout == 0 and ClinicalContextConfig().text_readout == 2
+    assert legacy.text_readout == 0 and ClinicalContextConfig().text_readout == 0
 
 
 def test_standardization_turns_case_to_case_variation_into_the_signal():

@@ -46,9 +46,10 @@ class TextPromptTrainer_1group(TextPromptTrainer):
     clinical_context = ClinicalContextConfig(num_groups=1)
 
 
-class TextPromptTrainer_noReadout(TextPromptTrainer):
-    """Ablation: context from the [SEG] outputs only, as LLMSeg (no read-out of the text's own tokens)."""
-    clinical_context = ClinicalContextConfig(text_readout=0)
+class TextPromptTrainer_tokenReadout(TextPromptTrainer):
+    """Experimental: two more context embeddings read from the language model's outputs at the text's own tokens
+    (nnunet_prompt.text.prompt_tuning says why; not yet shown to help, benchmarks/RESULTS.md)."""
+    clinical_context = ClinicalContextConfig(text_readout=2)
 
 
 class TextPromptTrainer_patchPosition(TextPromptTrainer):
@@ -73,5 +74,5 @@ class TextPromptTrainer_1group_demo(DemoSchedule, TextPromptTrainer_1group):
     pass
 
 
-class TextPromptTrainer_noReadout_demo(DemoSchedule, TextPromptTrainer_noReadout):
+class TextPromptTrainer_tokenReadout_demo(DemoSchedule, TextPromptTrainer_tokenReadout):
     pass

@@ -28,7 +28,7 @@ class ClinicalContextConfig:
     category_dim: int = 128       # context size of the numeric-category ablation
     text_model: Optional[TextModelSpec] = None
     position: str = "image"
-    text_readout: int = 2         # context embeddings read from the text's own tokens (prompt_tuning says why)
+    text_readout: int = 0         # context embeddings read from the text's own tokens (prompt_tuning; opt-in)
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -23,13 +23,16 @@ The context embeddings are then standardised with running statistics over the tr
 (``RunningStandardization``; why: see there). This is not in LLMSeg; it is what made the text's
 effect learnable in a few hundred steps here (tests/test_text_behaviour.py).
 
-``text_readout`` > 0 adds that many context embeddings read from the language model's outputs at the text's own
+``text_readout`` > 0 (opt-in: ``TextPromptTrainer_tokenReadout``) adds that many context embeddings read from the language model's outputs at the text's own
 tokens (``TextTokenReadout``), after the N [SEG] outputs. Not in LLMSeg either; why: when clinicians word their
 notes differently, the side is a single word among many that vary, and MiniLM's sentence-level outputs ([CLS],
 [SEG] at initialisation, the mean over tokens) barely carry it: over ten wordings, the side explains 1-2 % of their
 variance and a linear read-out of it is right in 54-62 % of held-out notes (100 % with one wording). The outputs
 at the words "left" and "right" differ in every wording, and a learned attention over the tokens reaches them
 directly, where the [SEG] route has to learn it through the frozen model with deliberately slow prompt vectors.
+Not shown to help yet: as the default it made the 500-step behaviour check (tests/test_text_behaviour.py, one
+wording) fail, and on the varied-wording phantom 600 iterations taught the model no laterality either way
+(benchmarks/RESULTS.md). So it is off unless asked for.
 """
 from __future__ import annotations
 
