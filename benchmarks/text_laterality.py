@@ -10,8 +10,8 @@ window covers the neck with several patches, as on a CT.
 
 Trained with `nnUNetv2_train` on the same plans and fold, demo schedule: nnUNetTrainer_demo (image only),
 TextPromptTrainer_demo (position channels: where a patch lies in the whole image) and, with ``--ablation``,
-TextPromptTrainer_patchPosition_demo (position in the patch only, the layout before) and
-TextPromptTrainer_tokenReadout_demo (context also read from the text's own tokens). Each held-out case is
+TextPromptTrainer_patchPosition_demo (position in the patch only: the positional information removed) and
+TextPromptTrainer_positionMaps_demo (text-steered position maps as further input and on the logits). Each held-out case is
 predicted with its own text and with left/right swapped (`nnunet-prompt text-analysis`'s prediction).
 Reported per model: held-out tumour Dice; the share of cases whose predicted tumour lies mainly on the side
 the text names; the swap share for each direction (own text left -> swapped right, and right -> left).
@@ -31,7 +31,7 @@ import numpy as np
 
 CONFIG, FOLD = "3d_fullres", 0
 BASELINE, TEXT = "nnUNetTrainer_demo", "TextPromptTrainer_demo"
-ABLATIONS = ("TextPromptTrainer_patchPosition_demo", "TextPromptTrainer_tokenReadout_demo")
+ABLATIONS = ("TextPromptTrainer_patchPosition_demo", "TextPromptTrainer_positionMaps_demo")
 
 
 def main(argv=None):

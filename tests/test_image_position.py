@@ -103,3 +103,44 @@ def test_the_network_reads_where_the_patch_lies():
         assert not torch.allclose(net(torch.cat([img, left], 1)), out_left)
         with pytest.raises(RuntimeError, match="position channels"):
             net(img)
+
+
+def test_position_maps_are_affine_in_the_position_with_coefficients_the_text_chooses():
+    from nnunet_prompt.text.position_map import TextPositionMap
+    torch.manual_seed(0)
+    maps = TextPositionMap(context_dim=16, position_dims=NUM_POSITION_CHANNELS, num_maps=5)
+    position = torch.from_numpy(position_channels((4, 6, 10)))[None].expand(2, -1, -1, -1, -1)
+    context = torch.randn(2, 3, 16)
+    m = maps(context, position)
+    assert m.shape == (2, 5, 4, 6, 10)
+    # affine along x: constant second differences of zero; bounded by the tanh'd coefficients (|p| <= 1)
+    assert torch.allclose(m[..., 2:] - 2 * m[..., 1:-1] + m[..., :-2], torch.zeros(()), atol=1e-5)
+    assert m.abs().max() <= NUM_POSITION_CHANNELS + 1
+    assert not torch.allclose(m[0], m[1])  # another text, other maps
+    assert torch.allclose(maps(context[:1], position[:1]), m[:1], atol=1e-6)  # a sample's maps are its own
+
+
+def test_the_network_appends_its_position_maps_and_legacy_records_have_none():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunet_prompt.text.text_unet import TextConditionedUNet
+    cfg = ClinicalContextConfig(kind="categories", category_dim=16, position_maps=8)
+    assert cfg.network_input_channels == NUM_POSITION_CHANNELS + cfg.position_maps
+    old = ClinicalContextConfig.from_dict({"kind": "categories", "category_dim": 16, "text_model": None})
+    assert old.position_maps == 0 and old.network_input_channels == 0
+    torch.manual_seed(0)
+    unet = PlainConvUNet(1 + cfg.network_input_channels, 2, [4, 8], torch.nn.Conv3d, 3, [1, 2], 1, 2, 1, True,
+                         torch.nn.InstanceNorm3d, {"affine": True}, nonlin=torch.nn.LeakyReLU)
+    net = TextConditionedUNet(unet, cfg.build_encoder(), cfg.entry_key, 1, cfg.position_channels,
+                              cfg.position_maps).eval()
+    seen = []
+    net.unet.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.cat([torch.randn(1, 1, 8, 8, 8), torch.from_numpy(position_channels((8, 8, 8)))[None]], 1)
+    with torch.no_grad():
+        with net.conditioned_on([{"fields": {"laterality": "left"}}]):
+            left = net(x)
+        with net.conditioned_on([{"fields": {"laterality": "right"}}]):
+            right = net(x)
+    assert seen[0].shape[1] == x.shape[1] + cfg.position_maps
+    assert torch.equal(seen[0][:, :x.shape[1]], x)  # the case's channels unchanged, the maps after them
+    assert not torch.allclose(seen[0][:, x.shape[1]:], seen[1][:, x.shape[1]:])  # the text steers the maps
+    assert not torch.allclose(left, right)

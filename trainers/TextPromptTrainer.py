@@ -4,7 +4,8 @@ Logic: nnunet_prompt.training.text_trainer; the language model is chosen by NNUN
 
 Variants: short schedules in nnU-Net's naming, the ablations of LLMSeg Table 3 (numeric categories
 instead of text; one prompt group instead of several), patch-relative instead of whole-image position
-(``_patchPosition``), and opt-in empty text for cases without any.
+(``_patchPosition``), experimental text-steered position maps (``_positionMaps``), and opt-in empty text for cases
+without any.
 """
 from nnunet_prompt.text.config import ClinicalContextConfig
 from nnunet_prompt.training.schedules import DemoSchedule, FixedEpochs
@@ -58,6 +59,12 @@ class TextPromptTrainer_patchPosition(TextPromptTrainer):
     clinical_context = ClinicalContextConfig(position="patch")
 
 
+class TextPromptTrainer_positionMaps(TextPromptTrainer):
+    """Experimental: eight text-steered position maps as further input and on the logits
+    (nnunet_prompt.text.position_map; not yet shown to help through nnU-Net's training, benchmarks/RESULTS.md)."""
+    clinical_context = ClinicalContextConfig(position_maps=8)
+
+
 class TextPromptTrainer_demo(DemoSchedule, TextPromptTrainer):
     pass
 
@@ -75,4 +82,8 @@ class TextPromptTrainer_1group_demo(DemoSchedule, TextPromptTrainer_1group):
 
 
 class TextPromptTrainer_tokenReadout_demo(DemoSchedule, TextPromptTrainer_tokenReadout):
+    pass
+
+
+class TextPromptTrainer_positionMaps_demo(DemoSchedule, TextPromptTrainer_positionMaps):
     pass

@@ -29,6 +29,7 @@ class ClinicalContextConfig:
     text_model: Optional[TextModelSpec] = None
     position: str = "image"
     text_readout: int = 0         # context embeddings read from the text's own tokens (prompt_tuning; opt-in)
+    position_maps: int = 0        # text-steered position maps the network reads as input (text.position_map; opt-in)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -41,6 +42,12 @@ class ClinicalContextConfig:
         """Position channels the network reads after the image channels."""
         from nnunet_prompt.text.image_position import NUM_POSITION_CHANNELS
         return NUM_POSITION_CHANNELS if self.position == "image" else 0
+
+    @property
+    def network_input_channels(self) -> int:
+        """Channels the U-Net's first convolution takes beyond the case's own: the position channels (the dataset
+        and the predictor add them) and the position maps (the network adds them)."""
+        return self.position_channels + self.position_maps
 
     @property
     def entry_key(self) -> str:
@@ -67,6 +74,7 @@ class ClinicalContextConfig:
         d = dict(d)
         d.setdefault("position", "patch")  # recorded before position channels existed
         d.setdefault("text_readout", 0)  # recorded before the token read-out existed
+        d.setdefault("position_maps", 0)  # recorded before the position maps existed
         spec = d.pop("text_model", None)
         return cls(**d, text_model=TextModelSpec(**spec) if spec else None)
 

@@ -82,6 +82,11 @@ class TextPromptTuning(nn.Module):
         self._token_cache: Dict[str, Tuple[List[int], List[int]]] = {}
         self.standardize = RunningStandardization(self.num_groups + int(text_readout), spec.hidden_size)
 
+    @property
+    def num_context_tokens(self) -> int:
+        """Context embeddings per text: one per prompt group, then the token read-out's."""
+        return self.num_groups + (self.readout.queries.shape[0] if self.readout is not None else 0)
+
     def scaled_prompt_vectors(self) -> torch.Tensor:
         """(N, M, D): the vectors v^n_m as the language model receives them."""
         return self.prompt_vectors * EMBEDDING_SCALE

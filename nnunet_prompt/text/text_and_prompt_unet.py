@@ -24,10 +24,11 @@ from nnunet_prompt.text.text_unet import TextConditionedUNet
 
 
 class TextAndPromptUNet(TextConditionedUNet):
+    extra_context_tokens = 1  # the target label's token
     def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_target_tokens: int,
-                 num_image_channels: int = 0, position_channels: int = 0):
+                 num_image_channels: int = 0, position_channels: int = 0, position_maps: int = 0):
         """num_target_tokens: one more than the largest label value (a token per label value; 0 is never used)."""
-        super().__init__(unet, context_encoder, context_key, num_image_channels, position_channels)
+        super().__init__(unet, context_encoder, context_key, num_image_channels, position_channels, position_maps)
         # the scale of the standardised context tokens (unit variance), so no token drowns the others at the start
         self.target_tokens = nn.Parameter(torch.randn(num_target_tokens, context_encoder.context_dim))
         self._targets: Optional[torch.Tensor] = None

@@ -12,6 +12,12 @@ Outside that block the network holds no context, and ``forward`` refuses to run.
 Input: the image channels, then (``position_channels`` > 0) the position channels
 (``nnunet_prompt.text.image_position``), then any further channels (spatial prompts). The position channels go to
 every fusion's positional embedding, averaged to its level's resolution, and, like all channels, to the encoder.
+With ``position_maps`` > 0 the network appends that many text-steered position maps (``TextPositionMap``: affine
+functions of the position whose coefficients the context chooses) to its input before the encoder reads it, and
+adds a 1x1 convolution of them to its logits. Why the logits too: as input alone, maps that do not yet carry the
+text's side give the convolutions nothing to use, so nothing teaches the maps to carry it (with ten wordings of
+the notes the side is a faint part of the context). On the logits, every voxel's loss reaches the maps'
+coefficients directly, as in a classifier of the side.
 """
 from __future__ import annotations
 
@@ -25,15 +31,18 @@ from torch import nn
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 
 from nnunet_prompt.networks.composed_unet import ComposedUNet
-from nnunet_prompt.text.fusion import TwoWayTextFusion
+from nnunet_prompt.text.fusion import TwoWayTextFusion, patch_coordinates
+from nnunet_prompt.text.position_map import TextPositionMap
 
 
 class TextConditionedUNet(ComposedUNet):
+    extra_context_tokens = 0  # tokens ``context`` appends to the encoder's (TextAndPromptUNet: the target label's)
     def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_image_channels: int = 0,
-                 position_channels: int = 0):
+                 position_channels: int = 0, position_maps: int = 0):
         """context_key: which part of a clinical-text entry the context encoder reads ('text' or 'fields').
         position_channels: how many position channels follow the ``num_image_channels`` image channels (0: none,
-        the fusions use patch-relative coordinates)."""
+        the fusions use patch-relative coordinates). position_maps: text-steered position maps appended to the
+        input (the U-Net's first convolution must take that many more channels)."""
         super().__init__(unet)
         self.context_encoder = context_encoder
         self.context_key = context_key
@@ -43,6 +52,12 @@ class TextConditionedUNet(ComposedUNet):
         self.fusions = nn.ModuleList(TwoWayTextFusion(context_encoder.context_dim, c, dims,
                                                       position_dims=position_channels or None)
                                      for c in unet.encoder.output_channels)
+        tokens = getattr(context_encoder, "num_context_tokens", None)  # None: varies (one per field)
+        self.position_map = (TextPositionMap(context_encoder.context_dim, position_channels or dims, position_maps,
+                                             None if tokens is None else tokens + self.extra_context_tokens)
+                             if position_maps else None)
+        # the maps also shift the logits directly (text_unet docstring says why)
+        self.map_logits = unet.encoder.conv_op(position_maps, unet.decoder.num_classes, 1) if position_maps else None
         self._entries: Optional[list] = None  # only inside conditioned_on()
         self._cached = None  # (entries key, context) while not training: a case's tiles share one context
 
@@ -93,10 +108,26 @@ class TextConditionedUNet(ComposedUNet):
             raise RuntimeError(f"This text model reads {self.position_slice.stop - self.position_slice.start} position "
                                f"channels after the image channels, but got {x.shape[1]} channels in all: predict it "
                                "with nnunet-prompt (predict, session), which adds them.")
+        position = x[:, self.position_slice] if reads_position else None
+        maps = None
+        if self.position_map is not None:
+            maps = self.position_map(ctx, position if reads_position else self.patch_position(x)).to(x.dtype)
+            x = torch.cat([x, maps], 1)
         skips = self.unet.encoder(x)
         if reads_position:
-            position = x[:, self.position_slice]
             skips = [fuse(s, ctx, self.pool(position, s.shape[2:])) for fuse, s in zip(self.fusions, skips)]
         else:
             skips = [fuse(s, ctx) for fuse, s in zip(self.fusions, skips)]
-        return self.unet.decoder(skips)
+        out = self.unet.decoder(skips)
+        if maps is None:
+            return out
+        if isinstance(out, (list, tuple)):  # deep supervision: every resolution gets the maps averaged to it
+            return [o + self.map_logits(self.pool(maps, o.shape[2:])) for o in out]
+        return out + self.map_logits(maps)
+
+    @staticmethod
+    def patch_position(x: torch.Tensor) -> torch.Tensor:
+        """(B, ndim, *spatial): each voxel's coordinates in the patch, [-1, 1] per axis (the fusions' fallback)."""
+        spatial = x.shape[2:]
+        grid = patch_coordinates(spatial, x.device, x.dtype).T.reshape(len(spatial), *spatial)
+        return grid[None].expand(x.shape[0], *grid.shape)

@@ -11,7 +11,8 @@ nnU-Net keeps planning, data loading, the loss, the training loop and checkpoint
   named by ``NNUNET_PROMPT_TEXT_MODEL`` (default MiniLM-L6), ``--c`` and prediction the recorded one;
 * augmentation keeps left and right (``SideKeepingAugmentation``: laterality is in the text);
 * each case carries three position channels after its image channels (``nnunet_prompt.text.image_position``):
-  where a patch lies in the whole image, which nnU-Net's planned patches (a fraction of a CT) do not say;
+  where a patch lies in the whole image, which nnU-Net's planned patches (a fraction of a CT) do not say; from them
+  and the text the network computes text-steered position maps as further input (``nnunet_prompt.text.position_map``);
 * the final validation predicts each validation case with its own text.
 
 The output is the dataset's usual label map (the text selects *what* to contour, e.g. the nodal CTV
@@ -61,10 +62,10 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
         config = ClinicalContextConfig.from_dict(record_from_plans(plans_manager.plans).clinical_context).relocated()
         unet = get_network_from_plans(
             configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
-            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels + config.position_channels,
+            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels + config.network_input_channels,
             num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
         return TextConditionedUNet(unet, config.build_encoder(), config.entry_key, num_input_channels,
-                                   config.position_channels)
+                                   config.position_channels, config.position_maps)
 
     def record_fields(self) -> dict:
         context = self.clinical_context.with_text_model_from_environment()
@@ -74,8 +75,8 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
         super().check_resumed_record(record)
         stored = ClinicalContextConfig.from_dict(record.clinical_context)
         mine = self.clinical_context
-        if (stored.kind, stored.num_groups, stored.vectors_per_group, stored.position, stored.text_readout) != (
-                mine.kind, mine.num_groups, mine.vectors_per_group, mine.position, mine.text_readout):
+        fields = ("kind", "num_groups", "vectors_per_group", "position", "text_readout", "position_maps")
+        if any(getattr(stored, f) != getattr(mine, f) for f in fields):
             raise ModelRecordError(f"{type(self).__name__} cannot resume a model trained with clinical context {stored}.")
 
     @property
