@@ -40,7 +40,7 @@ class TextPositionMap(nn.Module):
         """num_tokens: how many context tokens the encoder gives (None: varies; the maps then read their mean)."""
         super().__init__()
         self.position_dims, self.num_maps, self.num_tokens = int(position_dims), int(num_maps), num_tokens
-        # nn.Linear's initialisation gives coefficients of order one before the tanh: the context tokens are standardised
+        # nn.Linear's initialisation gives coefficients of order one before the tanh (the context is standardised)
         self.coefficients = nn.Linear(context_dim * (num_tokens or 1), self.num_maps * (self.position_dims + 1))
 
     def forward(self, context: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from nnunet_prompt.text.text_unet import TextConditionedUNet
 
 class TextAndPromptUNet(TextConditionedUNet):
     extra_context_tokens = 1  # the target label's token
+
     def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_target_tokens: int,
                  num_image_channels: int = 0, position_channels: int = 0, position_maps: int = 0):
         """num_target_tokens: one more than the largest label value (a token per label value; 0 is never used)."""

@@ -37,6 +37,7 @@ from nnunet_prompt.text.position_map import TextPositionMap
 
 class TextConditionedUNet(ComposedUNet):
     extra_context_tokens = 0  # tokens ``context`` appends to the encoder's (TextAndPromptUNet: the target label's)
+
     def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_image_channels: int = 0,
                  position_channels: int = 0, position_maps: int = 0):
         """context_key: which part of a clinical-text entry the context encoder reads ('text' or 'fields').

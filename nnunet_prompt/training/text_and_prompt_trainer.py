@@ -78,7 +78,8 @@ class TextAndPromptTrainerBase(TextPromptTrainerBase, PromptTrainerBase):
         unet = get_network_from_plans(
             configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
             configuration_manager.network_arch_init_kwargs_req_import,
-            num_before_prompts + num_prompt_channels + config.position_maps, NUM_OUTPUTS, allow_init=True, deep_supervision=enable_deep_supervision)
+            num_before_prompts + num_prompt_channels + config.position_maps, NUM_OUTPUTS, allow_init=True,
+            deep_supervision=enable_deep_supervision)
         # the network appends its position maps after the prompt channels
         network = TextAndPromptUNet(unet, config.build_encoder(), config.entry_key, num_output_channels,
                                     num_input_channels, config.position_channels, config.position_maps)
