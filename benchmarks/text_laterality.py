@@ -46,6 +46,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--epochs", type=int, default=10, help="epochs of 60 iterations (demo schedule)")
     p.add_argument("--ablation", action="store_true", help=f"also train {', '.join(ABLATIONS)}")
+    p.add_argument("--trainers", nargs="+", default=None, metavar="TRAINER",
+                   help=f"the text models to train and measure (default: {TEXT}, with --ablation also the ablations)")
     p.add_argument("--out", default=None, help="append the markdown result to this file")
     a = p.parse_args(argv)
 
@@ -81,7 +83,7 @@ def main(argv=None):
         patch = json.load(f)["configurations"][CONFIG]["patch_size"]
 
     results = os.path.join(os.environ["nnUNet_results"], os.path.basename(raw))
-    text_models = [TEXT] + (list(ABLATIONS) if a.ablation else [])
+    text_models = a.trainers or [TEXT] + (list(ABLATIONS) if a.ablation else [])
     minutes = {}
     for trainer in [BASELINE] + text_models:
         final = os.path.join(results, f"{trainer}__{plans}__{CONFIG}", f"fold_{FOLD}", "checkpoint_final.pth")
@@ -149,7 +151,8 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     lines = [f"### Text laterality with patches narrower than half the body, {datetime.date.today().isoformat()}, {device}",
              "", f"`python benchmarks/text_laterality.py --workdir {a.workdir} --epochs {a.epochs}"
-             f"{' --ablation' if a.ablation else ''}`: {a.num_training} training / {a.num_test} held-out phantoms of "
+             f"{' --ablation' if a.ablation else ''}{' --wording ' + a.wording}"
+             f"{' --num-training %d' % a.num_training}{' --trainers ' + ' '.join(a.trainers) if a.trainers else ''}`: {a.num_training} training / {a.num_test} held-out phantoms of "
              f"{a.shape[0]} x {a.shape[1]} x {a.shape[2]} voxels, {a.wording} wording, plans `{plans}` (patch "
              f"{' x '.join(map(str, patch))}, z y x), demo schedule ({a.epochs} x 60 iterations), text model MiniLM-L6",
              "", "| model | tumour Dice | tumour on the side the text names | swap left -> right | swap right -> left |",

@@ -144,3 +144,36 @@ def test_the_network_appends_its_position_maps_and_legacy_records_have_none():
     assert torch.equal(seen[0][:, :x.shape[1]], x)  # the case's channels unchanged, the maps after them
     assert not torch.allclose(seen[0][:, x.shape[1]:], seen[1][:, x.shape[1]:])  # the text steers the maps
     assert not torch.allclose(left, right)
+
+
+def test_laterality_contrast_maps_follow_a_swap_of_the_sides_exactly():
+    """The slopes read the context minus that of the side-swapped text: swapping left and right negates them, the
+    constant stays, and a text that names no side gets no slope at all (nnunet_prompt.text.position_map)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunet_prompt.text.text_unet import TextConditionedUNet
+    cfg = ClinicalContextConfig(kind="categories", category_dim=16, position_maps=4, laterality_contrast=True)
+    assert not ClinicalContextConfig.from_dict({"kind": "categories", "text_model": None}).laterality_contrast
+    torch.manual_seed(0)
+    unet = PlainConvUNet(1 + cfg.network_input_channels, 2, [4, 8], torch.nn.Conv3d, 3, [1, 2], 1, 2, 1, True,
+                         torch.nn.InstanceNorm3d, {"affine": True}, nonlin=torch.nn.LeakyReLU)
+    net = TextConditionedUNet(unet, cfg.build_encoder(), cfg.entry_key, 1, cfg.position_channels, cfg.position_maps,
+                              cfg.laterality_contrast).eval()
+    seen = []
+    net.unet.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 1 + NUM_POSITION_CHANNELS:]))
+    x = torch.cat([torch.randn(1, 1, 8, 8, 8), torch.from_numpy(position_channels((8, 8, 8)))[None]], 1)
+    entries = [{"laterality": "left", "N": "N1"}, {"laterality": "right", "N": "N1"}, {"N": "N1"}, {"N": "N0"}]
+    with torch.no_grad():
+        for e in entries:
+            with net.conditioned_on([{"fields": e}]):
+                net(x)
+    left, right, no_side, other_n = seen
+
+    def slope_and_constant(m):  # maps are affine in the position channels: read back a_x and b at the centre
+        return m[..., 1:] - m[..., :-1], m.mean((2, 3, 4))
+    (a_left, b_left), (a_right, b_right) = slope_and_constant(left), slope_and_constant(right)
+    assert a_left.abs().max() > 1e-3
+    assert torch.allclose(a_left, -a_right, atol=1e-6) and torch.allclose(b_left, b_right, atol=1e-6)
+    assert torch.allclose(no_side, no_side[..., :1, :1, :1].expand_as(no_side), atol=1e-6)  # flat: no slope
+    assert not torch.allclose(no_side, other_n)  # the constant still reads the rest of the text
+    with pytest.raises(RuntimeError, match="side-swapped"):
+        net.position_map(torch.randn(1, 2, 16), x[:, 1:])

@@ -65,6 +65,12 @@ class TextPromptTrainer_positionMaps(TextPromptTrainer):
     clinical_context = ClinicalContextConfig(position_maps=8)
 
 
+class TextPromptTrainer_lateralityMaps(TextPromptTrainer):
+    """Text-steered position maps whose slopes read the text against its side-swapped copy, so they carry the side
+    whatever the wording (nnunet_prompt.text.position_map; benchmarks/RESULTS.md)."""
+    clinical_context = ClinicalContextConfig(position_maps=8, laterality_contrast=True)
+
+
 class TextPromptTrainer_demo(DemoSchedule, TextPromptTrainer):
     pass
 
@@ -86,4 +92,8 @@ class TextPromptTrainer_tokenReadout_demo(DemoSchedule, TextPromptTrainer_tokenR
 
 
 class TextPromptTrainer_positionMaps_demo(DemoSchedule, TextPromptTrainer_positionMaps):
+    pass
+
+
+class TextPromptTrainer_lateralityMaps_demo(DemoSchedule, TextPromptTrainer_lateralityMaps):
     pass

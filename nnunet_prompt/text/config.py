@@ -30,6 +30,7 @@ class ClinicalContextConfig:
     position: str = "image"
     text_readout: int = 0         # context embeddings read from the text's own tokens (prompt_tuning; opt-in)
     position_maps: int = 0        # text-steered position maps the network reads as input (text.position_map; opt-in)
+    laterality_contrast: bool = False  # the maps' slopes read the text against its side-swapped copy (text.position_map)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -75,6 +76,7 @@ class ClinicalContextConfig:
         d.setdefault("position", "patch")  # recorded before position channels existed
         d.setdefault("text_readout", 0)  # recorded before the token read-out existed
         d.setdefault("position_maps", 0)  # recorded before the position maps existed
+        d.setdefault("laterality_contrast", False)  # recorded before the laterality contrast existed
         spec = d.pop("text_model", None)
         return cls(**d, text_model=TextModelSpec(**spec) if spec else None)
 

@@ -20,7 +20,7 @@ import copy
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, Mapping
 
 from nnunet_prompt.prompts.model import PromptError
 
@@ -42,6 +42,15 @@ def _same_case(word: str, like: str) -> str:
 
 def swap_laterality(text: str) -> str:
     return _SIDE.sub(lambda m: _same_case("right" if m.group(1).lower() == "left" else "left", m.group(1)), text)
+
+
+def swap_laterality_in(value):
+    """A clinical entry's text, or its fields (their string values), with left and right swapped; a copy."""
+    if isinstance(value, str):
+        return swap_laterality(value)
+    if isinstance(value, Mapping):
+        return {k: swap_laterality(v) if isinstance(v, str) else v for k, v in value.items()}
+    return value
 
 
 def swap_n_stage(text: str) -> str:

@@ -27,9 +27,11 @@ class TextAndPromptUNet(TextConditionedUNet):
     extra_context_tokens = 1  # the target label's token
 
     def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_target_tokens: int,
-                 num_image_channels: int = 0, position_channels: int = 0, position_maps: int = 0):
+                 num_image_channels: int = 0, position_channels: int = 0, position_maps: int = 0,
+                 laterality_contrast: bool = False):
         """num_target_tokens: one more than the largest label value (a token per label value; 0 is never used)."""
-        super().__init__(unet, context_encoder, context_key, num_image_channels, position_channels, position_maps)
+        super().__init__(unet, context_encoder, context_key, num_image_channels, position_channels, position_maps,
+                         laterality_contrast)
         # the scale of the standardised context tokens (unit variance), so no token drowns the others at the start
         self.target_tokens = nn.Parameter(torch.randn(num_target_tokens, context_encoder.context_dim))
         self._targets: Optional[torch.Tensor] = None
@@ -55,14 +57,14 @@ class TextAndPromptUNet(TextConditionedUNet):
                              f"1..{self.target_tokens.shape[0] - 1}.")
         self._targets = t
 
-    def context(self, batch_size: int) -> torch.Tensor:
-        ctx = super().context(batch_size)
+    def contexts(self, batch_size: int):
+        own, swapped = super().contexts(batch_size)
         if self._targets is None:
             raise RuntimeError("This network predicts one target label at a time: name it with "
                                "`conditioned_on(entries, targets=[label value, ...])`.")
-        tokens = self.target_tokens[self._targets.to(self.target_tokens.device)].to(ctx.dtype)
+        tokens = self.target_tokens[self._targets.to(self.target_tokens.device)].to(own.dtype)
         if tokens.shape[0] != batch_size:
             if tokens.shape[0] != 1:
                 raise RuntimeError(f"{tokens.shape[0]} target labels for a batch of {batch_size}.")
             tokens = tokens.expand(batch_size, -1)
-        return torch.cat([ctx, tokens[:, None]], 1)
+        return tuple(None if c is None else torch.cat([c, tokens[:, None]], 1) for c in (own, swapped))

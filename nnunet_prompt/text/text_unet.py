@@ -32,6 +32,7 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 
 from nnunet_prompt.networks.composed_unet import ComposedUNet
 from nnunet_prompt.text.fusion import TwoWayTextFusion, patch_coordinates
+from nnunet_prompt.text.perturbation import swap_laterality_in
 from nnunet_prompt.text.position_map import TextPositionMap
 
 
@@ -39,7 +40,7 @@ class TextConditionedUNet(ComposedUNet):
     extra_context_tokens = 0  # tokens ``context`` appends to the encoder's (TextAndPromptUNet: the target label's)
 
     def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_image_channels: int = 0,
-                 position_channels: int = 0, position_maps: int = 0):
+                 position_channels: int = 0, position_maps: int = 0, laterality_contrast: bool = False):
         """context_key: which part of a clinical-text entry the context encoder reads ('text' or 'fields').
         position_channels: how many position channels follow the ``num_image_channels`` image channels (0: none,
         the fusions use patch-relative coordinates). position_maps: text-steered position maps appended to the
@@ -55,7 +56,8 @@ class TextConditionedUNet(ComposedUNet):
                                      for c in unet.encoder.output_channels)
         tokens = getattr(context_encoder, "num_context_tokens", None)  # None: varies (one per field)
         self.position_map = (TextPositionMap(context_encoder.context_dim, position_channels or dims, position_maps,
-                                             None if tokens is None else tokens + self.extra_context_tokens)
+                                             None if tokens is None else tokens + self.extra_context_tokens,
+                                             laterality_contrast)
                              if position_maps else None)
         # the maps also shift the logits directly (text_unet docstring says why)
         self.map_logits = unet.encoder.conv_op(position_maps, unet.decoder.num_classes, 1) if position_maps else None
@@ -76,18 +78,32 @@ class TextConditionedUNet(ComposedUNet):
         finally:
             self._entries, self._cached = outer, None
 
-    def context(self, batch_size: int) -> torch.Tensor:
+    @property
+    def reads_laterality_contrast(self) -> bool:
+        return self.position_map is not None and self.position_map.laterality_contrast
+
+    def contexts(self, batch_size: int):
+        """(context tokens (B, N, D), those of the entries with left and right swapped, or None when the network does
+        not read them), from one pass of the context encoder over both."""
         if self._entries is None:
             raise RuntimeError("This text-conditioned network needs clinical context: call it inside "
                                "`with network.conditioned_on(entries):` (nnunet-prompt predict --prompts with 'text', "
                                "or the trainer does it per batch).")
+        entries = self._entries
+        if self.reads_laterality_contrast:
+            entries = entries + [swap_laterality_in(e) for e in entries]
         if self.training:
-            ctx = self.context_encoder(self._entries)
+            ctx = self.context_encoder(entries)
         else:
-            key = repr(self._entries)
+            key = repr(entries)
             if self._cached is None or self._cached[0] != key:
-                self._cached = (key, self.context_encoder(self._entries).detach())
+                self._cached = (key, self.context_encoder(entries).detach())
             ctx = self._cached[1]
+        own, swapped = (ctx.chunk(2) if self.reads_laterality_contrast else (ctx, None))
+        return self._for_batch(own, batch_size), None if swapped is None else self._for_batch(swapped, batch_size)
+
+    @staticmethod
+    def _for_batch(ctx: torch.Tensor, batch_size: int) -> torch.Tensor:
         if ctx.shape[0] != batch_size:
             if ctx.shape[0] != 1:
                 raise RuntimeError(f"{ctx.shape[0]} clinical entries for a batch of {batch_size}.")
@@ -103,7 +119,7 @@ class TextConditionedUNet(ComposedUNet):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor):
-        ctx = self.context(x.shape[0])
+        ctx, swapped = self.contexts(x.shape[0])
         reads_position = self.position_slice.stop > self.position_slice.start
         if reads_position and x.shape[1] < self.position_slice.stop:
             raise RuntimeError(f"This text model reads {self.position_slice.stop - self.position_slice.start} position "
@@ -112,7 +128,8 @@ class TextConditionedUNet(ComposedUNet):
         position = x[:, self.position_slice] if reads_position else None
         maps = None
         if self.position_map is not None:
-            maps = self.position_map(ctx, position if reads_position else self.patch_position(x)).to(x.dtype)
+            maps = self.position_map(ctx, position if reads_position else self.patch_position(x), swapped)
+            maps = maps.to(x.dtype)
             x = torch.cat([x, maps], 1)
         skips = self.unet.encoder(x)
         if reads_position:

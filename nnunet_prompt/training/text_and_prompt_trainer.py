@@ -82,7 +82,8 @@ class TextAndPromptTrainerBase(TextPromptTrainerBase, PromptTrainerBase):
             deep_supervision=enable_deep_supervision)
         # the network appends its position maps after the prompt channels
         network = TextAndPromptUNet(unet, config.build_encoder(), config.entry_key, num_output_channels,
-                                    num_input_channels, config.position_channels, config.position_maps)
+                                    num_input_channels, config.position_channels, config.position_maps,
+                                    config.laterality_contrast)
         network.register_forward_pre_hook(append_empty_prompts_hook(num_before_prompts, num_prompt_channels))
         return network
 

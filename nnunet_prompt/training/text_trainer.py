@@ -66,7 +66,7 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
             configuration_manager.network_arch_init_kwargs_req_import, num_input_channels + config.network_input_channels,
             num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
         return TextConditionedUNet(unet, config.build_encoder(), config.entry_key, num_input_channels,
-                                   config.position_channels, config.position_maps)
+                                   config.position_channels, config.position_maps, config.laterality_contrast)
 
     def record_fields(self) -> dict:
         context = self.clinical_context.with_text_model_from_environment()
@@ -76,7 +76,8 @@ class TextPromptTrainerBase(RecordedTrainerMixin, SideKeepingAugmentation, nnUNe
         super().check_resumed_record(record)
         stored = ClinicalContextConfig.from_dict(record.clinical_context)
         mine = self.clinical_context
-        fields = ("kind", "num_groups", "vectors_per_group", "position", "text_readout", "position_maps")
+        fields = ("kind", "num_groups", "vectors_per_group", "position", "text_readout", "position_maps",
+                  "laterality_contrast")
         if any(getattr(stored, f) != getattr(mine, f) for f in fields):
             raise ModelRecordError(f"{type(self).__name__} cannot resume a model trained with clinical context {stored}.")
 
