@@ -5,14 +5,16 @@
 Data: the synthetic head-and-neck phantom (two look-alike lesions, one per side; the clinical note's side
 says which is the tumour), wide volumes (96 x 48 x 24 voxels at 2.5 x 2.5 x 3 mm) and clinical notes in ten
 wordings (``--wording varied``: "SCC of the left tonsil, stage cT2N0M0.", "Primary: right tonsil. TNM: ...").
-Plans: ``NarrowSmallPatchPlanner``, whose patch is at most 40 % of the image along each axis, so the sliding
+Plans: ``NarrowSmallPatchPlanner``, whose patch is about a third of the image along each axis (less than half the body's width), so the sliding
 window covers the neck with several patches, as on a CT.
 
 Trained with `nnUNetv2_train` on the same plans and fold, demo schedule: nnUNetTrainer_demo (image only),
-TextPromptTrainer_demo (position channels: where a patch lies in the whole image) and, with ``--ablation``,
-TextPromptTrainer_patchPosition_demo (position in the patch only: the positional information removed) and
-TextPromptTrainer_positionMaps_demo (text-steered position maps as further input and on the logits). Each held-out case is
-predicted with its own text and with left/right swapped (`nnunet-prompt text-analysis`'s prediction).
+TextPromptTrainer_demo (position channels: where a patch lies in the whole image; text-steered position maps with
+the laterality contrast) and, with ``--ablation``, TextPromptTrainer_patchPosition_demo (position in the patch only:
+the positional information removed), TextPromptTrainer_noPositionMaps_demo (the fusions only, LLMSeg's layout) and
+TextPromptTrainer_noLateralityContrast_demo (maps that read the context alone). Or name the text models with
+``--trainers``. Each held-out case is predicted with its own text and with left/right swapped (`nnunet-prompt
+text-analysis`'s prediction).
 Reported per model: held-out tumour Dice; the share of cases whose predicted tumour lies mainly on the side
 the text names; the swap share for each direction (own text left -> swapped right, and right -> left).
 Writes <workdir>/text_laterality.json and appends a markdown section to --out.
@@ -31,7 +33,8 @@ import numpy as np
 
 CONFIG, FOLD = "3d_fullres", 0
 BASELINE, TEXT = "nnUNetTrainer_demo", "TextPromptTrainer_demo"
-ABLATIONS = ("TextPromptTrainer_patchPosition_demo", "TextPromptTrainer_positionMaps_demo")
+ABLATIONS = ("TextPromptTrainer_patchPosition_demo", "TextPromptTrainer_noPositionMaps_demo",
+             "TextPromptTrainer_noLateralityContrast_demo")
 
 
 def main(argv=None):
@@ -151,8 +154,9 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     lines = [f"### Text laterality with patches narrower than half the body, {datetime.date.today().isoformat()}, {device}",
              "", f"`python benchmarks/text_laterality.py --workdir {a.workdir} --epochs {a.epochs}"
-             f"{' --ablation' if a.ablation else ''}{' --wording ' + a.wording}"
-             f"{' --num-training %d' % a.num_training}{' --trainers ' + ' '.join(a.trainers) if a.trainers else ''}`: {a.num_training} training / {a.num_test} held-out phantoms of "
+             f"{' --ablation' if a.ablation else ''} --wording {a.wording} --num-training {a.num_training}"
+             f"{' --trainers ' + ' '.join(a.trainers) if a.trainers else ''}`: {a.num_training} training / "
+             f"{a.num_test} held-out phantoms of "
              f"{a.shape[0]} x {a.shape[1]} x {a.shape[2]} voxels, {a.wording} wording, plans `{plans}` (patch "
              f"{' x '.join(map(str, patch))}, z y x), demo schedule ({a.epochs} x 60 iterations), text model MiniLM-L6",
              "", "| model | tumour Dice | tumour on the side the text names | swap left -> right | swap right -> left |",

@@ -33,7 +33,8 @@ class NarrowUNetPlanner(SharedPreprocessingPlanner):
 
 
 class NarrowSmallPatchPlanner(NarrowUNetPlanner):
-    """Narrow plans whose patch is at most ``patch_fraction`` of the median image along every axis.
+    """Narrow plans whose patch is about ``patch_fraction`` of the median image along every axis (the cap before
+    nnU-Net rounds the patch up to what its pooling divides: 32 x 16 x 8 on 96 x 48 x 24 volumes).
 
     On the small phantoms nnU-Net's patch is the whole image; on a CT it is a fraction of the body, and a sliding
     window covers the body with many patches. This planner reproduces that on a phantom (e.g. the wide synthetic
@@ -43,7 +44,7 @@ class NarrowSmallPatchPlanner(NarrowUNetPlanner):
 
         nnunet-prompt plan DATASET -pl NarrowSmallPatchPlanner     # writes nnUNetPlansNarrowSmallPatch.json
     """
-    patch_fraction = 0.4
+    patch_fraction = 1 / 3  # rounded up, still at most half of a body that fills 70 % of the image's width
     max_batch_size = 2  # nnU-Net fills its memory target with more patches when they are small; a CT trains with 2
 
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,

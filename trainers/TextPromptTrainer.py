@@ -4,8 +4,8 @@ Logic: nnunet_prompt.training.text_trainer; the language model is chosen by NNUN
 
 Variants: short schedules in nnU-Net's naming, the ablations of LLMSeg Table 3 (numeric categories
 instead of text; one prompt group instead of several), patch-relative instead of whole-image position
-(``_patchPosition``), experimental text-steered position maps (``_positionMaps``), and opt-in empty text for cases
-without any.
+(``_patchPosition``), no text-steered position maps (``_noPositionMaps``: LLMSeg's layout) or maps without the
+laterality contrast (``_noLateralityContrast``), and opt-in empty text for cases without any.
 """
 from nnunet_prompt.text.config import ClinicalContextConfig
 from nnunet_prompt.training.schedules import DemoSchedule, FixedEpochs
@@ -59,16 +59,21 @@ class TextPromptTrainer_patchPosition(TextPromptTrainer):
     clinical_context = ClinicalContextConfig(position="patch")
 
 
-class TextPromptTrainer_positionMaps(TextPromptTrainer):
-    """Experimental: eight text-steered position maps as further input and on the logits
-    (nnunet_prompt.text.position_map; not yet shown to help through nnU-Net's training, benchmarks/RESULTS.md)."""
-    clinical_context = ClinicalContextConfig(position_maps=8)
+class TextPromptTrainer_noPositionMaps(TextPromptTrainer):
+    """Ablation: LLMSeg's layout, the text reaches the image through the fusions only (no text-steered position
+    maps; nnunet_prompt.text.position_map says why the default has them)."""
+    clinical_context = ClinicalContextConfig(position_maps=0, laterality_contrast=False)
 
 
-class TextPromptTrainer_lateralityMaps(TextPromptTrainer):
-    """Text-steered position maps whose slopes read the text against its side-swapped copy, so they carry the side
-    whatever the wording (nnunet_prompt.text.position_map; benchmarks/RESULTS.md)."""
-    clinical_context = ClinicalContextConfig(position_maps=8, laterality_contrast=True)
+class TextPromptTrainer_noLateralityContrast(TextPromptTrainer):
+    """Ablation: the position maps' slopes read the context alone, not against the side-swapped text's (with varied
+    wording they did not learn the side, benchmarks/RESULTS.md)."""
+    clinical_context = ClinicalContextConfig(laterality_contrast=False)
+
+
+class TextPromptTrainer_positionMaps(TextPromptTrainer_noLateralityContrast):
+    """The name under which the position maps without the laterality contrast were first trained (kept so that
+    those models resume and predict)."""
 
 
 class TextPromptTrainer_demo(DemoSchedule, TextPromptTrainer):
@@ -95,5 +100,9 @@ class TextPromptTrainer_positionMaps_demo(DemoSchedule, TextPromptTrainer_positi
     pass
 
 
-class TextPromptTrainer_lateralityMaps_demo(DemoSchedule, TextPromptTrainer_lateralityMaps):
+class TextPromptTrainer_noPositionMaps_demo(DemoSchedule, TextPromptTrainer_noPositionMaps):
+    pass
+
+
+class TextPromptTrainer_noLateralityContrast_demo(DemoSchedule, TextPromptTrainer_noLateralityContrast):
     pass

@@ -29,14 +29,19 @@ class ClinicalContextConfig:
     text_model: Optional[TextModelSpec] = None
     position: str = "image"
     text_readout: int = 0         # context embeddings read from the text's own tokens (prompt_tuning; opt-in)
-    position_maps: int = 0        # text-steered position maps the network reads as input (text.position_map; opt-in)
-    laterality_contrast: bool = False  # the maps' slopes read the text against its side-swapped copy (text.position_map)
+    # text-steered position maps the network reads as input and adds to its logits, and whether their slopes read
+    # the text against its side-swapped copy (nnunet_prompt.text.position_map; records without them: 0, False)
+    position_maps: int = 8
+    laterality_contrast: bool = True
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.laterality_contrast and not self.position_maps:
+            raise ValueError("laterality_contrast is read by the position maps: set position_maps > 0, or "
+                             "laterality_contrast=False")
 
     @property
     def position_channels(self) -> int:

@@ -76,7 +76,8 @@ class TextPositionMap(nn.Module):
             c = torch.tanh(self.coefficients(self.read(context))).view(shape)
             return c[:, :, :-1], c[:, :, -1]
         if swapped_context is None:
-            raise RuntimeError("These position maps read the laterality contrast: pass the side-swapped text's context.")
+            raise RuntimeError("These position maps read the laterality contrast: pass the side-swapped text's "
+                               "context.")
         own, swapped = self.read(context), self.read(swapped_context)
         w, bias = self.coefficients.weight.view(self.num_maps, self.position_dims + 1, -1), self.coefficients.bias
         slopes = torch.tanh(torch.einsum("kpd,bd->bkp", w[:, :-1], own - swapped))  # no bias: a(t') = -a(t)

@@ -17,7 +17,8 @@ functions of the position whose coefficients the context chooses) to its input b
 adds a 1x1 convolution of them to its logits. Why the logits too: as input alone, maps that do not yet carry the
 text's side give the convolutions nothing to use, so nothing teaches the maps to carry it (with ten wordings of
 the notes the side is a faint part of the context). On the logits, every voxel's loss reaches the maps'
-coefficients directly, as in a classifier of the side.
+coefficients directly, as in a classifier of the side. With ``laterality_contrast`` the context encoder reads each
+entry and its side-swapped copy in one pass, and the maps' slopes read the difference (``TextPositionMap``).
 """
 from __future__ import annotations
 

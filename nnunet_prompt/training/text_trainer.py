@@ -11,9 +11,9 @@ nnU-Net keeps planning, data loading, the loss, the training loop and checkpoint
   named by ``NNUNET_PROMPT_TEXT_MODEL`` (default MiniLM-L6), ``--c`` and prediction the recorded one;
 * augmentation keeps left and right (``SideKeepingAugmentation``: laterality is in the text);
 * each case carries three position channels after its image channels (``nnunet_prompt.text.image_position``):
-  where a patch lies in the whole image, which nnU-Net's planned patches (a fraction of a CT) do not say; with
-  ``position_maps`` (opt-in) the network also computes text-steered maps from them
-  (``nnunet_prompt.text.position_map``);
+  where a patch lies in the whole image, which nnU-Net's planned patches (a fraction of a CT) do not say; the
+  network also computes text-steered maps from them whose slopes read the note against its side-swapped copy
+  (``position_maps``, ``laterality_contrast``: ``nnunet_prompt.text.position_map``);
 * the final validation predicts each validation case with its own text.
 
 The output is the dataset's usual label map (the text selects *what* to contour, e.g. the nodal CTV
