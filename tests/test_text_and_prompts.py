@@ -46,11 +46,13 @@ def test_the_record_holds_text_and_prompts_and_validation_used_both(combined):
     ckpt = torch.load(os.path.join(combined["folder"], "fold_0", "checkpoint_final.pth"), map_location="cpu",
                       weights_only=False)
     # a token per label value (background, tumour, node) beside the text; the U-Net reads the image, the 3 position
-    # channels (where a patch lies in the whole image) and the prompt channels
+    # channels (where a patch lies in the whole image), the prompt channels and the 8 text-steered position maps
     assert tuple(ckpt["network_weights"]["target_tokens"].shape) == (3, 32)
     assert record["clinical_context"]["position"] == "image"
     first_conv = next(v for k, v in ckpt["network_weights"].items() if k.startswith("unet.encoder") and v.ndim == 5)
-    assert first_conv.shape[1] == 1 + 3 + len(record["prompt_encoding"]["channels"])
+    context = record["clinical_context"]
+    assert context["position_maps"] == 8 and context["laterality_contrast"]
+    assert first_conv.shape[1] == 1 + 3 + len(record["prompt_encoding"]["channels"]) + 8
     assert ckpt["inference_allowed_mirroring_axes"] is None  # laterality is in the text
     # the log counts what the epoch's batches were given
     line = next(ln for ln in combined["log"].splitlines() if "batches given" in ln)
