@@ -38,14 +38,15 @@ from nnunet_prompt.text.position_map import TextPositionMap
 
 
 class TextConditionedUNet(ComposedUNet):
-    extra_context_tokens = 0  # tokens ``context`` appends to the encoder's (TextAndPromptUNet: the target label's)
+    extra_context_tokens = 0  # tokens ``contexts`` appends to the encoder's (TextAndPromptUNet: the target label's)
 
     def __init__(self, unet: nn.Module, context_encoder: nn.Module, context_key: str, num_image_channels: int = 0,
                  position_channels: int = 0, position_maps: int = 0, laterality_contrast: bool = False):
         """context_key: which part of a clinical-text entry the context encoder reads ('text' or 'fields').
         position_channels: how many position channels follow the ``num_image_channels`` image channels (0: none,
         the fusions use patch-relative coordinates). position_maps: text-steered position maps appended to the
-        input (the U-Net's first convolution must take that many more channels)."""
+        input (the U-Net's first convolution must take that many more channels). laterality_contrast: their slopes
+        read each entry against its side-swapped copy (``TextPositionMap``)."""
         super().__init__(unet)
         self.context_encoder = context_encoder
         self.context_key = context_key
